@@ -1,0 +1,1 @@
+//! dsnn-hpo: multi-fidelity, multi-objective hyperparameter optimization of Deep Shift Neural Networks.
