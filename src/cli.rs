@@ -1,0 +1,21 @@
+//! Command-line interface: clap structs only, what the user typed. Validation of values that
+//! clap cannot check (ranges across flags, file contents) happens in `commands`.
+
+use clap::{Parser, Subcommand};
+
+use crate::commands::describe::DescribeArgs;
+
+/// Find the best accuracy/energy trade-offs of Deep Shift Neural Networks.
+#[derive(Debug, Parser)]
+#[command(name = "dsnn-hpo", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print a network's layer table: which layers are shift layers, parameters, MACs and
+    /// shift-adds per image.
+    Describe(DescribeArgs),
+}

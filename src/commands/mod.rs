@@ -1,0 +1,15 @@
+//! One module per subcommand; each takes its parsed arguments and an output stream.
+
+pub mod describe;
+
+use std::io::Write;
+
+use crate::cli::Command;
+use crate::error::Error;
+
+/// Runs one subcommand, writing its report to `out`.
+pub fn run(command: Command, out: &mut dyn Write) -> Result<(), Error> {
+    match command {
+        Command::Describe(args) => describe::run(&args, out),
+    }
+}

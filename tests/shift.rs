@@ -1,0 +1,283 @@
+//! DeepShift layer semantics on burn's CPU backend, against hand-computed values.
+#![cfg(feature = "dsnn")]
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor, TensorData};
+use dsnn_hpo::arch::{Backbone, InputShape, NetSpec};
+use dsnn_hpo::model::{ConvLayer, DenseLayer, Network};
+use dsnn_hpo::shift::layer::{ShiftConv2dConfig, ShiftLinearConfig};
+use dsnn_hpo::shift::quant::{fixed_point, pow2, quantize_ps, quantize_q, round};
+use dsnn_hpo::shift::{Rounding, ShiftKind, ShiftSettings};
+
+fn cpu() -> Device {
+    Device::flex()
+}
+
+fn t1(v: &[f32], device: &Device) -> Tensor<1> {
+    Tensor::from_data(TensorData::new(v.to_vec(), [v.len()]), device)
+}
+
+fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+const DET: Rounding = Rounding::Deterministic;
+
+#[test]
+fn pow2_is_exact_over_the_whole_shift_range() {
+    let p: Vec<f32> = (-127..=0).map(|p| p as f32).collect();
+    let got = vals(pow2(t1(&p, &cpu())));
+    for (p, g) in p.iter().zip(got) {
+        assert_eq!(g, 2f32.powi(*p as i32), "2^{p}");
+    }
+}
+
+#[test]
+fn q_rounding_by_hand_at_2_3_5_8_bits() {
+    let w = [0.3f32, -0.7, 0.05, 1.5, -0.0001, 0.0];
+    let cases: [(u32, [f32; 6]); 4] = [
+        // Range clamps |w| into [2^-1, 1]: every small weight becomes 0.5; zero gets sign +.
+        (2, [0.5, -0.5, 0.5, 1.0, -0.5, 0.5]),
+        (3, [0.25, -0.5, 0.125, 1.0, -0.125, 0.125]),
+        // log2 0.3 = -1.74 -> -2; log2 0.7 = -0.51 -> -1; log2 0.05 = -4.32 -> -4;
+        // log2 1e-4 = -13.29 -> -13; 0 clamps to 2^-15.
+        (5, [0.25, -0.5, 0.0625, 1.0, -1.0 / 8192.0, 1.0 / 32768.0]),
+        (8, [0.25, -0.5, 0.0625, 1.0, -1.0 / 8192.0, 2f32.powi(-127)]),
+    ];
+    for (bits, expected) in cases {
+        let got = vals(quantize_q(t1(&w, &cpu()), bits, DET));
+        assert_eq!(got, expected, "weight_bits {bits}");
+    }
+}
+
+#[test]
+fn ps_rounding_by_hand_at_2_3_5_8_bits() {
+    let p = [-2.4f32, -0.6, 0.7, -20.0, -3.5];
+    // round(S): 1, -0 (sign 0), -1, 0, 2 -> signs 1, 0, -1, 0, 1.
+    let s = [0.7f32, -0.2, -0.9, 0.4, 1.6];
+    let cases: [(u32, [f32; 5]); 4] = [
+        (2, [1.0, 0.0, -1.0, 0.0, 1.0]),   // only p = 0 exists
+        (3, [0.25, 0.0, -1.0, 0.0, 0.25]), // p in -2..=0
+        // -3.5 rounds half to even: -4.
+        (5, [0.25, 0.0, -1.0, 0.0, 0.0625]),
+        (8, [0.25, 0.0, -1.0, 0.0, 0.0625]),
+    ];
+    for (bits, expected) in cases {
+        let got = vals(quantize_ps(t1(&p, &cpu()), t1(&s, &cpu()), bits, DET));
+        assert_eq!(got, expected, "weight_bits {bits}");
+    }
+    // The one weight with a non-zero sign and a large |P| shows the clamp: -20 -> -14 at 5 bits.
+    let got = vals(quantize_ps(
+        t1(&[-20.0], &cpu()),
+        t1(&[1.0], &cpu()),
+        5,
+        DET,
+    ));
+    assert_eq!(got, [2f32.powi(-14)]);
+}
+
+#[test]
+fn stochastic_rounding_is_unbiased_and_seeded() {
+    let device = cpu();
+    let n = 200_000;
+    for x in [-1.737f32, 2.25, 0.5, -3.0] {
+        device.seed(11);
+        let t = Tensor::<1>::full([n], x, &device);
+        let r = round(t, Rounding::Stochastic);
+        let v = vals(r);
+        assert!(v.iter().all(|&r| r == x.floor() || r == x.floor() + 1.0));
+        let mean = v.iter().map(|&r| r as f64).sum::<f64>() / n as f64;
+        // Binomial standard error at n = 200k is below 0.0012; allow 4 sigma.
+        assert!((mean - x as f64).abs() < 0.005, "x {x}: mean {mean}");
+    }
+    let draw = |seed: u64| {
+        device.seed(seed);
+        vals(round(
+            Tensor::<1>::full([64], 0.5, &device),
+            Rounding::Stochastic,
+        ))
+    };
+    assert_eq!(draw(3), draw(3));
+    assert_ne!(draw(3), draw(4));
+}
+
+#[test]
+fn fixed_point_floor_and_clamp_at_the_edges() {
+    // I = 4, F = 2: grid 0.25, range [-8, 7].
+    let x = [0.3f32, -0.3, 7.9, -8.1, 6.99, 0.25, -8.0, 7.0];
+    let got = vals(fixed_point(t1(&x, &cpu()), 4, 2));
+    assert_eq!(got, [0.25, -0.5, 7.0, -8.0, 6.75, 0.25, -8.0, 7.0]);
+    // I = 1, F = 1: range [-1, 0]; floor, not round: 0.7 -> 0.5 -> clamped to 0.
+    let got = vals(fixed_point(t1(&[0.7, -0.3, -5.0], &cpu()), 1, 1));
+    assert_eq!(got, [0.0, -0.5, -1.0]);
+    // 16.16 keeps 1/65536 steps.
+    let got = vals(fixed_point(
+        t1(&[1.0 / 65536.0 + 1e-7, 40000.0], &cpu()),
+        16,
+        16,
+    ));
+    assert_eq!(got, [1.0 / 65536.0, 32767.0]);
+}
+
+#[test]
+fn straight_through_gradients_match_the_reference() {
+    let device = cpu().autodiff();
+    let c = [1.0f32, -2.0, 3.0, 0.5];
+
+    // Q: dL/dW = dL/dWq exactly, also where |W| was clamped.
+    let w = t1(&[0.3, -0.7, 3.0, 0.0], &device).require_grad();
+    let loss = (quantize_q(w.clone(), 5, DET) * t1(&c, &device)).sum();
+    let g = vals(w.grad(&loss.backward()).unwrap());
+    assert_eq!(g, c);
+
+    // PS: dL/dP = g s 2^p ln2, dL/dS = g.
+    let p = t1(&[-2.4, -0.6, -1.2, 3.0], &device).require_grad();
+    let s = t1(&[0.7, -0.9, 0.2, 1.0], &device).require_grad();
+    let loss = (quantize_ps(p.clone(), s.clone(), 5, DET) * t1(&c, &device)).sum();
+    let grads = loss.backward();
+    let gp = vals(p.grad(&grads).unwrap());
+    let gs = vals(s.grad(&grads).unwrap());
+    let ln2 = std::f32::consts::LN_2;
+    // weights: 2^-2, -2^-1, 0 (sign 0), 2^0 (P clamped to 0)
+    let expected_gp = [1.0 * 0.25 * ln2, -2.0 * -0.5 * ln2, 0.0, 0.5 * ln2];
+    for (g, e) in gp.iter().zip(expected_gp) {
+        assert!((g - e).abs() < 1e-6, "dL/dP {gp:?} vs {expected_gp:?}");
+    }
+    assert_eq!(gs, c, "the sign's gradient is not scaled by 2^p");
+
+    // Fixed point: straight through, clamped values included.
+    let x = t1(&[0.3, -9.0, 100.0, 1.0], &device).require_grad();
+    let loss = (fixed_point(x.clone(), 4, 2) * t1(&c, &device)).sum();
+    assert_eq!(vals(x.grad(&loss.backward()).unwrap()), c);
+}
+
+fn settings(kind: ShiftKind, bits: u32) -> ShiftSettings {
+    ShiftSettings {
+        kind,
+        weight_bits: bits,
+        rounding: Rounding::Stochastic,
+        activation_integer_bits: 8,
+        activation_fraction_bits: 6,
+    }
+}
+
+#[test]
+fn exported_integers_reproduce_the_eval_forward_exactly() {
+    let device = cpu().autodiff();
+    for kind in [ShiftKind::Q, ShiftKind::Ps] {
+        for bits in [2, 3, 5, 8] {
+            device.seed(5);
+            let conv = ShiftConv2dConfig::new([3, 4], 3, settings(kind, bits))
+                .with_padding(1)
+                .with_bias(true)
+                .init(&device);
+            let x = Tensor::<4>::random(
+                [2, 3, 6, 6],
+                burn::tensor::Distribution::Normal(0.0, 2.0),
+                &cpu(),
+            );
+            let eval = conv.valid();
+            let exported = conv.export().unwrap();
+            assert_eq!(exported.weights.len(), 4 * 3 * 9);
+            assert_eq!(
+                exported.weights.data.len(),
+                (108 * bits as usize).div_ceil(8)
+            );
+            let a = vals(eval.forward(x.clone()));
+            let b = vals(exported.forward(x).unwrap());
+            assert_eq!(a, b, "conv {kind} {bits} bits");
+
+            let lin = ShiftLinearConfig::new(7, 5, settings(kind, bits)).init(&device);
+            let x =
+                Tensor::<2>::random([3, 7], burn::tensor::Distribution::Normal(0.0, 2.0), &cpu());
+            let a = vals(lin.valid().forward(x.clone()));
+            let b = vals(lin.export().unwrap().forward(x).unwrap());
+            assert_eq!(a, b, "linear {kind} {bits} bits");
+        }
+    }
+}
+
+#[test]
+fn eval_mode_rounds_deterministically_even_for_stochastic_layers() {
+    let device = cpu().autodiff();
+    let conv = ShiftConv2dConfig::new([2, 2], 3, settings(ShiftKind::Q, 5)).init(&device);
+    let eval = conv.valid();
+    device.seed(1);
+    let a = vals(eval.quantized_weight());
+    device.seed(2);
+    let b = vals(eval.quantized_weight());
+    assert_eq!(a, b);
+    // In training the stochastic draws differ between seeds.
+    device.seed(1);
+    let c = vals(conv.quantized_weight());
+    device.seed(2);
+    let d = vals(conv.quantized_weight());
+    assert_ne!(c, d);
+}
+
+fn count_shift_layers(net: &Network) -> usize {
+    let conv = |c: &ConvLayer| matches!(c, ConvLayer::Shift(_)) as usize;
+    let dense = |d: &DenseLayer| matches!(d, DenseLayer::Shift(_)) as usize;
+    match net {
+        Network::ResNet(r) => {
+            conv(&r.conv1)
+                + r.blocks
+                    .iter()
+                    .map(|b| conv(&b.conv1) + conv(&b.conv2))
+                    .sum::<usize>()
+                + dense(&r.fc)
+        }
+        Network::SmallCnn(m) => conv(&m.conv1) + conv(&m.conv2) + dense(&m.fc1) + dense(&m.fc2),
+    }
+}
+
+#[test]
+fn resnet20_layer_and_parameter_counts_at_depths_0_1_6_20() {
+    let device = cpu();
+    for (depth, shift_layers, shifted_weights) in [
+        (0usize, 0usize, 0u64),
+        (1, 1, 640),
+        (6, 6, 640 + 5 * 36_864),
+        (20, 20, 269_722 - 1_376 - 10),
+    ] {
+        for kind in [ShiftKind::Q, ShiftKind::Ps] {
+            let spec = NetSpec::build(
+                Backbone::Resnet20,
+                InputShape::new(3, 32, 32),
+                10,
+                settings(kind, 5),
+                depth,
+            )
+            .unwrap();
+            let net = Network::init(&spec, &device);
+            assert_eq!(count_shift_layers(&net), shift_layers, "depth {depth}");
+            // PS trains a shift and a sign per weight; BN (1,376 params) and the fc bias stay float.
+            let expected = match kind {
+                ShiftKind::Q => 269_722,
+                ShiftKind::Ps => 269_722 + shifted_weights,
+            };
+            // burn counts batch norm's running mean and variance (2 x 688) as params too.
+            assert_eq!(
+                net.num_params() as u64,
+                expected + 1_376,
+                "depth {depth} {kind}"
+            );
+            assert_eq!(spec.totals().trainable, expected);
+        }
+    }
+}
+
+#[test]
+fn networks_map_images_to_logits() {
+    let device = cpu();
+    for (model, input) in [
+        (Backbone::Resnet20, InputShape::new(3, 32, 32)),
+        (Backbone::SmallCnn, InputShape::new(1, 28, 28)),
+        (Backbone::SmallCnn, InputShape::new(3, 17, 23)),
+    ] {
+        let spec = NetSpec::build(model, input, 7, settings(ShiftKind::Ps, 4), 3).unwrap();
+        let net = Network::init(&spec, &device).valid();
+        let x = Tensor::<4>::zeros([2, input.channels, input.height, input.width], &device);
+        assert_eq!(net.forward(x).dims(), [2, 7], "{model} {input}");
+    }
+}
