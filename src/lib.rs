@@ -1,1 +1,2 @@
 //! dsnn-hpo: multi-fidelity, multi-objective hyperparameter optimization of Deep Shift Neural Networks.
+pub mod data;
