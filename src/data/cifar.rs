@@ -55,7 +55,7 @@ fn parse(
             path: path.to_path_buf(),
         });
     }
-    if bytes.len() % record != 0 {
+    if !bytes.len().is_multiple_of(record) {
         return Err(DataError::PartialRecord {
             path: path.to_path_buf(),
             format,

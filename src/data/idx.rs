@@ -242,11 +242,7 @@ pub fn read_dir(dir: &Path, num_classes: usize) -> Result<TrainTest, DataError> 
 
 /// Encodes images (count x rows x cols bytes) as an IDX image file.
 pub fn encode_images(rows: usize, cols: usize, pixels: &[u8]) -> Vec<u8> {
-    let count = if rows * cols == 0 {
-        0
-    } else {
-        pixels.len() / (rows * cols)
-    };
+    let count = pixels.len().checked_div(rows * cols).unwrap_or(0);
     let mut out = Vec::with_capacity(IMAGES_HEADER + pixels.len());
     for v in [IMAGES_MAGIC, count as u32, rows as u32, cols as u32] {
         out.extend_from_slice(&v.to_be_bytes());
