@@ -161,10 +161,7 @@ impl Dataset {
         num_classes: usize,
         sources: Vec<PathBuf>,
     ) -> Result<Self, DataError> {
-        let origin = sources
-            .first()
-            .cloned()
-            .unwrap_or_else(|| PathBuf::from("<in-memory dataset>"));
+        let origin = origin_of(&sources);
         let bad = |message: String| DataError::Inconsistent {
             origin: origin.clone(),
             message,
@@ -317,7 +314,7 @@ impl TrainTest {
     fn check_consistent(&self) -> Result<(), DataError> {
         if self.train.dims() != self.test.dims() {
             return Err(DataError::ShapeMismatch {
-                test_path: self.test.sources().first().cloned().unwrap_or_default(),
+                test_path: origin_of(self.test.sources()),
                 train: self.train.dims(),
                 test: self.test.dims(),
             });
@@ -496,6 +493,14 @@ impl LoadedData {
             files.join(", ")
         )
     }
+}
+
+/// The file to name in messages about a dataset built from `sources`.
+pub(crate) fn origin_of(sources: &[PathBuf]) -> PathBuf {
+    sources
+        .first()
+        .cloned()
+        .unwrap_or_else(|| PathBuf::from("<in-memory dataset>"))
 }
 
 /// Returns the first of `names` that exists as a file in `dir`, or a `MissingFile` error listing

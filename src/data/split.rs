@@ -21,7 +21,7 @@ impl Split {
     pub fn new(data: Arc<Dataset>, indices: Vec<u32>) -> Result<Self, DataError> {
         if let Some(&bad) = indices.iter().find(|&&i| i as usize >= data.len()) {
             return Err(DataError::Inconsistent {
-                origin: data.sources().first().cloned().unwrap_or_default(),
+                origin: super::origin_of(data.sources()),
                 message: format!(
                     "split index {bad} is out of range for {} records",
                     data.len()
