@@ -5,6 +5,7 @@
 //! Behind the default `dsnn` feature: the burn shift layers, [`model`]s and [`device`]s.
 
 pub mod arch;
+pub mod data;
 pub mod shift;
 
 #[cfg(feature = "dsnn")]

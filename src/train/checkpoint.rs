@@ -1,0 +1,127 @@
+//! Saving a trial after `b` epochs and continuing it later: the model, the optimizer state, the
+//! epoch and the configuration it belongs to. The RNG needs no saving: every epoch reseeds from
+//! (seed, epoch).
+//!
+//! Files are written to a temporary name and renamed, so a killed run never leaves a
+//! half-written checkpoint that a later continuation would trust.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::optim::{ModuleOptimizer, OptimizerRecord};
+use burn::store::ModuleRecord;
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+
+use super::config::TrainConfig;
+use crate::model::Network;
+
+const MODEL: &str = "model.bpk";
+const OPTIM: &str = "optimizer.bpk";
+const STATE: &str = "state.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("checkpoint {path}: {message}")]
+    Io { path: PathBuf, message: String },
+    #[error(
+        "checkpoint {path} belongs to another configuration: it was saved for {saved}, this trial is {current}"
+    )]
+    Mismatch {
+        path: PathBuf,
+        saved: String,
+        current: String,
+    },
+}
+
+fn io(path: &Path, e: impl std::fmt::Display) -> CheckpointError {
+    CheckpointError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct State {
+    epoch: usize,
+    config: TrainConfig,
+}
+
+/// A restored trial.
+pub struct Restored {
+    pub model: Network,
+    pub optim: ModuleOptimizer,
+    pub epoch: usize,
+}
+
+/// The configuration's identity for continuation: everything but the schedule horizon must
+/// match, and that too.
+fn same_trial(a: &TrainConfig, b: &TrainConfig) -> bool {
+    a == b
+}
+
+pub fn save(
+    dir: &Path,
+    cfg: &TrainConfig,
+    model: &Network,
+    optim: &ModuleOptimizer,
+    epoch: usize,
+) -> Result<(), CheckpointError> {
+    fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let tmp = |name: &str| dir.join(format!(".{name}.tmp"));
+    model
+        .clone()
+        .into_record()
+        .save(tmp(MODEL))
+        .map_err(|e| io(&dir.join(MODEL), format!("{e:?}")))?;
+    optim
+        .to_record()
+        .save(tmp(OPTIM))
+        .map_err(|e| io(&dir.join(OPTIM), format!("{e:?}")))?;
+    let state = State {
+        epoch,
+        config: cfg.clone(),
+    };
+    let text = serde_json::to_string_pretty(&state).map_err(|e| io(&dir.join(STATE), e))?;
+    fs::write(tmp(STATE), text).map_err(|e| io(&dir.join(STATE), e))?;
+    // The state file goes last: its presence marks a complete checkpoint.
+    for name in [MODEL, OPTIM, STATE] {
+        fs::rename(tmp(name), dir.join(name)).map_err(|e| io(&dir.join(name), e))?;
+    }
+    Ok(())
+}
+
+/// Loads a checkpoint into a freshly built `model` and `optim` of the same configuration.
+pub fn load(
+    dir: &Path,
+    cfg: &TrainConfig,
+    model: Network,
+    optim: ModuleOptimizer,
+    device: &Device,
+) -> Result<Restored, CheckpointError> {
+    let state_path = dir.join(STATE);
+    let text = fs::read_to_string(&state_path).map_err(|e| io(&state_path, e))?;
+    let state: State = serde_json::from_str(&text).map_err(|e| io(&state_path, e))?;
+    if !same_trial(&state.config, cfg) {
+        return Err(CheckpointError::Mismatch {
+            path: dir.to_path_buf(),
+            saved: serde_json::to_string(&state.config).unwrap_or_default(),
+            current: serde_json::to_string(cfg).unwrap_or_default(),
+        });
+    }
+    let record = ModuleRecord::load(dir.join(MODEL))
+        .map_err(|e| io(&dir.join(MODEL), format!("{e:?}")))?;
+    let model = model
+        .try_load_record(record)
+        .map_err(|e| io(&dir.join(MODEL), format!("{e:?}")))?
+        .to_device(device);
+    let orecord = OptimizerRecord::load(dir.join(OPTIM))
+        .map_err(|e| io(&dir.join(OPTIM), format!("{e:?}")))?;
+    let optim = optim.load_record(orecord);
+    Ok(Restored {
+        model,
+        optim,
+        epoch: state.epoch,
+    })
+}
