@@ -1,1 +1,3 @@
 //! dsnn-hpo: multi-fidelity, multi-objective hyperparameter optimization of Deep Shift Neural Networks.
+
+pub mod energy;
