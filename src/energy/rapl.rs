@@ -51,24 +51,27 @@ fn is_package_zone(dir_name: &str) -> bool {
         && idx.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// Reads a sysfs counter, turning "permission denied" into the actionable RAPL message.
-fn read_u64(path: &Path) -> Result<u64, EnergyError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        if e.kind() == ErrorKind::PermissionDenied {
-            EnergyError::RaplUnavailable {
-                reason: format!(
-                    "{p} exists but is not readable (permission denied): run as root or \
-                     `sudo chmod o+r {p}`",
-                    p = path.display()
-                ),
-            }
-        } else {
-            EnergyError::Read {
-                path: path.to_path_buf(),
-                source: e,
-            }
+/// Maps a failed counter read: "permission denied" becomes the actionable RAPL message.
+pub fn read_error(path: &Path, e: std::io::Error) -> EnergyError {
+    if e.kind() == ErrorKind::PermissionDenied {
+        EnergyError::RaplUnavailable {
+            reason: format!(
+                "{p} exists but is not readable (permission denied): run as root or \
+                 `sudo chmod o+r {p}`",
+                p = path.display()
+            ),
         }
-    })?;
+    } else {
+        EnergyError::Read {
+            path: path.to_path_buf(),
+            source: e,
+        }
+    }
+}
+
+/// Reads a sysfs counter (an unsigned integer).
+fn read_u64(path: &Path) -> Result<u64, EnergyError> {
+    let text = std::fs::read_to_string(path).map_err(|e| read_error(path, e))?;
     text.trim().parse().map_err(|_| EnergyError::Parse {
         path: path.to_path_buf(),
         what: "counter",
@@ -226,6 +229,18 @@ mod tests {
         assert!(!is_package_zone("intel-rapl-mmio:0"));
         assert!(!is_package_zone("intel-rapl"));
         assert!(!is_package_zone("intel-rapl:"));
+    }
+
+    #[test]
+    fn permission_denied_message() {
+        let p = Path::new("/sys/class/powercap/intel-rapl:0/energy_uj");
+        let e = read_error(p, std::io::Error::from(ErrorKind::PermissionDenied)).to_string();
+        assert_eq!(
+            e,
+            "rapl: unavailable: /sys/class/powercap/intel-rapl:0/energy_uj exists but is not \
+             readable (permission denied): run as root or \
+             `sudo chmod o+r /sys/class/powercap/intel-rapl:0/energy_uj`"
+        );
     }
 
     #[test]
