@@ -11,11 +11,12 @@
 //!
 //! Both readers are traits so tests inject known CPU times and memory sizes.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::host::GIB;
+use super::reread::RereadFile;
 use super::{Component, EnergyError, Meter, Reading, SourceKind};
 
 /// TDP assumed when the CPU model's TDP is unknown (CodeCarbon's default).
@@ -52,36 +53,36 @@ pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
 }
 
 /// This process's CPU time from /proc/self/stat (all threads, exited ones included).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ProcCpuTime {
-    path: PathBuf,
-}
-
-impl Default for ProcCpuTime {
-    fn default() -> Self {
-        ProcCpuTime {
-            path: PathBuf::from("/proc/self/stat"),
-        }
-    }
+    file: RereadFile,
 }
 
 impl ProcCpuTime {
-    /// Reads another stat file (e.g. /proc/PID/stat).
-    pub fn at(path: &Path) -> ProcCpuTime {
-        ProcCpuTime {
+    /// Opens /proc/self/stat.
+    pub fn open() -> Result<ProcCpuTime, EnergyError> {
+        ProcCpuTime::open_at(Path::new("/proc/self/stat"))
+    }
+
+    /// Opens another stat file (e.g. /proc/PID/stat).
+    pub fn open_at(path: &Path) -> Result<ProcCpuTime, EnergyError> {
+        let file = RereadFile::open(path).map_err(|e| EnergyError::Read {
             path: path.to_path_buf(),
-        }
+            source: e,
+        })?;
+        Ok(ProcCpuTime { file })
     }
 }
 
 impl CpuTime for ProcCpuTime {
     fn cpu_time(&self) -> Result<Duration, EnergyError> {
-        let text = std::fs::read_to_string(&self.path).map_err(|e| EnergyError::Read {
-            path: self.path.clone(),
+        let path = self.file.path();
+        let text = self.file.read_string().map_err(|e| EnergyError::Read {
+            path: path.to_path_buf(),
             source: e,
         })?;
         let ticks = parse_stat_cpu_ticks(&text).ok_or_else(|| EnergyError::Parse {
-            path: self.path.clone(),
+            path: path.to_path_buf(),
             what: "utime and stime",
             value: text.chars().take(120).collect(),
             expected: "`pid (comm) state ...` with numeric fields 14 and 15",
@@ -114,25 +115,32 @@ fn page_size() -> u64 {
 }
 
 /// This process's resident memory from /proc/self/statm (field 2, pages).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ProcResidentMemory {
-    path: PathBuf,
+    file: RereadFile,
     page_bytes: u64,
 }
 
-impl Default for ProcResidentMemory {
-    fn default() -> Self {
-        ProcResidentMemory {
-            path: PathBuf::from("/proc/self/statm"),
+impl ProcResidentMemory {
+    /// Opens /proc/self/statm.
+    pub fn open() -> Result<ProcResidentMemory, EnergyError> {
+        let path = Path::new("/proc/self/statm");
+        let file = RereadFile::open(path).map_err(|e| EnergyError::Read {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        Ok(ProcResidentMemory {
+            file,
             page_bytes: page_size(),
-        }
+        })
     }
 }
 
 impl ResidentMemory for ProcResidentMemory {
     fn resident_bytes(&self) -> Result<u64, EnergyError> {
-        let text = std::fs::read_to_string(&self.path).map_err(|e| EnergyError::Read {
-            path: self.path.clone(),
+        let path = self.file.path();
+        let text = self.file.read_string().map_err(|e| EnergyError::Read {
+            path: path.to_path_buf(),
             source: e,
         })?;
         let pages: u64 = text
@@ -140,7 +148,7 @@ impl ResidentMemory for ProcResidentMemory {
             .nth(1)
             .and_then(|f| f.parse().ok())
             .ok_or_else(|| EnergyError::Parse {
-                path: self.path.clone(),
+                path: path.to_path_buf(),
                 what: "resident pages",
                 value: text.trim().to_string(),
                 expected: "`size resident shared text lib data dt` page counts",
@@ -318,9 +326,12 @@ mod tests {
 
     #[test]
     fn own_process_readable() {
-        let t = ProcCpuTime::default().cpu_time().unwrap();
+        let t = ProcCpuTime::open().unwrap().cpu_time().unwrap();
         assert!(t < Duration::from_secs(3600));
-        let rss = ProcResidentMemory::default().resident_bytes().unwrap();
+        let rss = ProcResidentMemory::open()
+            .unwrap()
+            .resident_bytes()
+            .unwrap();
         assert!(rss > 100 * 1024, "rss {rss}");
     }
 

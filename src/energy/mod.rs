@@ -38,6 +38,7 @@ pub mod opcount;
 pub mod probe;
 pub mod rapl;
 pub mod record;
+pub mod reread;
 pub mod tracker;
 
 use std::fmt;

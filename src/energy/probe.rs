@@ -172,7 +172,7 @@ pub fn probe_in(cfg: &EnergyConfig, env: &Environment) -> Result<ProbeReport, En
     });
 
     let power = cpu_power_for(cfg, cores);
-    let cpu_time = ProcCpuTime::default().cpu_time();
+    let cpu_time = ProcCpuTime::open().and_then(|p| p.cpu_time());
     let est_ok = cpu_time.is_ok();
     entries.push(ProbeEntry {
         source: SourceKind::Estimate,
@@ -183,7 +183,7 @@ pub fn probe_in(cfg: &EnergyConfig, env: &Environment) -> Result<ProbeReport, En
             Err(e) => e.to_string(),
         },
     });
-    let rss = ProcResidentMemory::default().resident_bytes();
+    let rss = ProcResidentMemory::open().and_then(|p| p.resident_bytes());
     let ram_ok = rss.is_ok();
     entries.push(ProbeEntry {
         source: SourceKind::Estimate,

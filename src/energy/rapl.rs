@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::reread::RereadFile;
 use super::{Component, EnergyError, Meter, Reading, SourceKind};
 
 /// Where the kernel exposes powercap zones.
@@ -23,7 +24,7 @@ const MAX_PACKAGE_POWER_W: f64 = 500.0;
 #[derive(Debug)]
 struct Domain {
     name: String,
-    energy_path: PathBuf,
+    energy: RereadFile,
     max_range_uj: u64,
 }
 
@@ -69,9 +70,19 @@ pub fn read_error(path: &Path, e: std::io::Error) -> EnergyError {
     }
 }
 
-/// Reads a sysfs counter (an unsigned integer).
+/// Reads a sysfs counter (an unsigned integer) once.
 fn read_u64(path: &Path) -> Result<u64, EnergyError> {
     let text = std::fs::read_to_string(path).map_err(|e| read_error(path, e))?;
+    parse_u64(path, &text)
+}
+
+/// Re-reads an open counter.
+fn reread_u64(file: &RereadFile) -> Result<u64, EnergyError> {
+    let text = file.read_string().map_err(|e| read_error(file.path(), e))?;
+    parse_u64(file.path(), &text)
+}
+
+fn parse_u64(path: &Path, text: &str) -> Result<u64, EnergyError> {
     text.trim().parse().map_err(|_| EnergyError::Parse {
         path: path.to_path_buf(),
         what: "counter",
@@ -137,9 +148,12 @@ impl RaplMeter {
             }
             let max_path = dir.join("max_energy_range_uj");
             let max_range_uj = read_u64(&max_path).map_err(as_unavailable)?;
+            let energy_path = dir.join("energy_uj");
+            let energy = RereadFile::open(&energy_path)
+                .map_err(|e| as_unavailable(read_error(&energy_path, e)))?;
             domains.push(Domain {
                 name,
-                energy_path: dir.join("energy_uj"),
+                energy,
                 max_range_uj,
             });
         }
@@ -152,7 +166,7 @@ impl RaplMeter {
         }
         let last_raw = domains
             .iter()
-            .map(|d| read_u64(&d.energy_path).map_err(as_unavailable))
+            .map(|d| reread_u64(&d.energy).map_err(as_unavailable))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(RaplMeter {
             domains,
@@ -174,7 +188,7 @@ impl RaplMeter {
         let raws = self
             .domains
             .iter()
-            .map(|d| read_u64(&d.energy_path))
+            .map(|d| reread_u64(&d.energy))
             .collect::<Result<Vec<_>, _>>()?;
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let mut added = 0;

@@ -3,8 +3,9 @@
 //! A window is a reading of every meter at `start` and another at `stop`; overlapping and nested
 //! windows are just more readings. Meters that must be read periodically while a window is open
 //! (RAPL wrap-around, NVML power integration, RAM trapezoids) are polled by one background
-//! thread that sleeps on a condition variable: it blocks with no timeout while no window is
-//! open, and is woken at once when the last window closes, so it never runs between phases.
+//! thread that sleeps between ticks on a condition variable: it polls nothing once the last
+//! window has closed, and parks (blocks with no timeout) after a second without windows, so it
+//! costs nothing between phases and back-to-back windows never pay for waking it.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -72,10 +73,18 @@ pub fn describe_cpu_power(p: &CpuPower, cpu_model: &str) -> String {
     )
 }
 
+/// How long the poller keeps ticking after the last window closed before it parks (blocks with
+/// no timeout). Back-to-back windows (one per training step) then never need to wake it.
+const PARK_AFTER: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Default)]
 struct PollState {
+    /// Open windows.
     active: usize,
+    /// Set on tracker drop.
     shutdown: bool,
+    /// The poller is blocked until notified.
+    parked: bool,
 }
 
 #[derive(Debug, Default)]
@@ -90,8 +99,8 @@ impl PollShared {
     }
 }
 
-/// Keeps the poller running while a window is open; dropping it (stop, or a window dropped
-/// without stop) releases it.
+/// Keeps the poller polling while a window is open; dropping it (stop, or a window dropped
+/// without stop) releases it. Only a start that finds the poller parked pays for a wake-up.
 #[derive(Debug)]
 struct ActiveGuard(Arc<PollShared>);
 
@@ -99,7 +108,9 @@ impl ActiveGuard {
     fn new(shared: &Arc<PollShared>) -> ActiveGuard {
         let mut st = shared.lock();
         st.active += 1;
-        if st.active == 1 {
+        let wake = st.parked;
+        drop(st);
+        if wake {
             shared.cv.notify_all();
         }
         ActiveGuard(Arc::clone(shared))
@@ -110,26 +121,36 @@ impl Drop for ActiveGuard {
     fn drop(&mut self) {
         let mut st = self.0.lock();
         st.active = st.active.saturating_sub(1);
-        if st.active == 0 {
-            self.0.cv.notify_all();
-        }
     }
 }
 
-/// Polls each meter at its own interval while windows are open. Poll errors are ignored here:
-/// they only cost accuracy between readings, and a persistent failure surfaces at `stop`.
+/// Polls each meter at its own interval while windows are open, sleeping between ticks. With no
+/// window open it polls nothing: it checks once per tick until [`PARK_AFTER`] has passed, then
+/// parks until the next window opens. Poll errors are ignored here: they only cost accuracy
+/// between readings, and a persistent failure surfaces at `stop`.
 fn poll_loop(shared: Arc<PollShared>, meters: Vec<(Arc<dyn Meter>, Duration)>, tick: Duration) {
     let mut last = vec![Instant::now(); meters.len()];
+    let mut idle_since: Option<Instant> = None;
     let mut st = shared.lock();
     loop {
         if st.shutdown {
             return;
         }
         if st.active == 0 {
-            st = shared.cv.wait(st).unwrap_or_else(|p| p.into_inner());
-            // a fresh window has just read every meter
-            last.iter_mut().for_each(|t| *t = Instant::now());
-            continue;
+            let idle = *idle_since.get_or_insert_with(Instant::now);
+            if idle.elapsed() >= PARK_AFTER {
+                st.parked = true;
+                while st.active == 0 && !st.shutdown {
+                    st = shared.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+                }
+                st.parked = false;
+                idle_since = None;
+                // the window that woke us has just read every meter
+                last.iter_mut().for_each(|t| *t = Instant::now());
+                continue;
+            }
+        } else {
+            idle_since = None;
         }
         st = shared
             .cv
@@ -248,7 +269,7 @@ impl EnergyTracker {
         // CPU
         let estimate = |why: Option<String>| -> Result<(Arc<dyn Meter>, String), EnergyError> {
             let power = cpu_power_for(cfg, host.cpu_count);
-            let m = CpuEstimateMeter::new(Box::new(ProcCpuTime::default()), power.w_per_core)?;
+            let m = CpuEstimateMeter::new(Box::new(ProcCpuTime::open()?), power.w_per_core)?;
             let mut note = format!(
                 "cpu: estimate from this process's CPU time: {}",
                 describe_cpu_power(&power, &host.cpu_model)
@@ -277,7 +298,7 @@ impl EnergyTracker {
 
         // RAM: always estimated
         meters.push(Arc::new(RamEstimateMeter::new(
-            Box::new(ProcResidentMemory::default()),
+            Box::new(ProcResidentMemory::open()?),
             cfg.ram_w_per_gb,
         )?));
         notes.push(format!(
