@@ -31,7 +31,9 @@ fn busy(d: Duration) -> u64 {
     x
 }
 
-fn estimate_tracker() -> EnergyTracker {
+type BoxError = Box<dyn std::error::Error>;
+
+fn estimate_tracker() -> Result<EnergyTracker, BoxError> {
     let cfg = EnergyConfig {
         source: Source::Estimate,
         ..EnergyConfig::default()
@@ -40,41 +42,44 @@ fn estimate_tracker() -> EnergyTracker {
         use_nvml: false,
         ..Environment::default()
     };
-    EnergyTracker::from_config_in(&cfg, &env).expect("estimate tracker")
+    Ok(EnergyTracker::from_config_in(&cfg, &env)?)
 }
 
 /// RAPL on a fake tree (one package) plus the RAM estimate, as on a machine with readable RAPL.
-fn rapl_fake_tracker(root: &Path) -> EnergyTracker {
+fn rapl_fake_tracker(root: &Path) -> Result<EnergyTracker, BoxError> {
     let z = root.join("intel-rapl:0");
-    std::fs::create_dir_all(&z).expect("fake tree");
-    std::fs::write(z.join("name"), "package-0\n").expect("fake tree");
-    std::fs::write(z.join("energy_uj"), "123456789\n").expect("fake tree");
-    std::fs::write(z.join("max_energy_range_uj"), "262143328850\n").expect("fake tree");
+    std::fs::create_dir_all(&z)?;
+    std::fs::write(z.join("name"), "package-0\n")?;
+    std::fs::write(z.join("energy_uj"), "123456789\n")?;
+    std::fs::write(z.join("max_energy_range_uj"), "262143328850\n")?;
     let meters: Vec<Arc<dyn Meter>> = vec![
-        Arc::new(RaplMeter::open(root).expect("fake rapl")),
-        Arc::new(
-            RamEstimateMeter::new(Box::new(ProcResidentMemory::open().expect("statm")), 0.375)
-                .expect("ram estimate"),
-        ),
+        Arc::new(RaplMeter::open(root)?),
+        Arc::new(RamEstimateMeter::new(
+            Box::new(ProcResidentMemory::open()?),
+            0.375,
+        )?),
     ];
-    EnergyTracker::with_meters(meters, Carbon::default(), HostInfo::default())
-        .expect("rapl tracker")
+    Ok(EnergyTracker::with_meters(
+        meters,
+        Carbon::default(),
+        HostInfo::default(),
+    )?)
 }
 
-fn window_cost(t: &EnergyTracker) -> Duration {
+fn window_cost(t: &EnergyTracker) -> Result<Duration, BoxError> {
     let n = 2000u32;
     let t0 = Instant::now();
     for _ in 0..n {
-        let w = t.start("bench").expect("start");
-        black_box(t.stop(w).expect("stop"));
+        let w = t.start("bench")?;
+        black_box(t.stop(w)?);
     }
-    t0.elapsed() / n
+    Ok(t0.elapsed() / n)
 }
 
-fn main() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let est = estimate_tracker();
-    let rapl = rapl_fake_tracker(dir.path());
+fn main() -> Result<(), BoxError> {
+    let dir = tempfile::tempdir()?;
+    let est = estimate_tracker()?;
+    let rapl = rapl_fake_tracker(dir.path())?;
 
     let mut c = Criterion::default()
         .sample_size(20)
@@ -102,7 +107,7 @@ fn main() {
     c.final_summary();
 
     for (name, t) in [("estimate", &est), ("rapl (fake sysfs)", &rapl)] {
-        let cost = window_cost(t);
+        let cost = window_cost(t)?;
         println!(
             "overhead {name}: start+stop = {:.1} µs = {:.3}% of a {} ms window",
             cost.as_secs_f64() * 1e6,
@@ -110,4 +115,5 @@ fn main() {
             WORK.as_millis()
         );
     }
+    Ok(())
 }

@@ -135,6 +135,33 @@ fn rapl_wrap_around_uses_max_energy_range() {
 }
 
 #[test]
+fn rapl_concurrent_readers_never_see_a_false_wrap() {
+    // The counter only grows (0 -> 1000 µJ, range 1 000 000): however the three readers
+    // interleave, the total must be exactly 1000 µJ, never a whole extra range. (A reader may
+    // catch the fake file mid-rewrite and get a parse error; that leaves the state untouched.)
+    let tree = fake_powercap(&[(0, 1_000_000)]);
+    let m = Arc::new(RaplMeter::open(tree.path()).unwrap());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let (m, stop) = (Arc::clone(&m), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = m.read();
+                }
+            })
+        })
+        .collect();
+    for uj in 1..=1000 {
+        set_energy(tree.path(), 0, uj);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    readers.into_iter().for_each(|h| h.join().unwrap());
+    let total = m.read().unwrap().counter_j;
+    assert!(close(total, 1000e-6, 1e-9), "{total}");
+}
+
+#[test]
 fn rapl_poller_catches_wraps_inside_a_long_window() {
     // max 1000 µJ: poll interval clamps to 0.1 s. Start at 100, go to 900 (+800), let the
     // poller see it, wrap to 200 (+100 to max, +200) = 1100 µJ. Without polling the window
@@ -374,7 +401,10 @@ fn nested_windows_and_estimate_records() {
     assert!(json.contains("\"source\":\"estimate\""), "{json}");
     let back: dsnn_hpo::energy::EnergyRecord = serde_json::from_str(&json).unwrap();
     // (serde_json's default float parsing may differ from the original in the last bit)
-    assert_eq!((back.phase.as_str(), &back.timestamp), ("train", &ro.timestamp));
+    assert_eq!(
+        (back.phase.as_str(), &back.timestamp),
+        ("train", &ro.timestamp)
+    );
     assert_eq!(back.cpu, ro.cpu);
     assert!(close(back.ram.energy_j, ro.ram.energy_j, 1e-15));
     assert!(close(back.emissions_kg, ro.emissions_kg, 1e-15));

@@ -184,13 +184,16 @@ impl RaplMeter {
     }
 
     /// Reads all counters and adds their wrap-corrected increases to the running total (µJ).
+    ///
+    /// The counters are read under the lock: a stale value applied after a fresher one (poller
+    /// and caller racing) would look like a wrap-around and add a whole counter range.
     fn update(&self) -> Result<u64, EnergyError> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let raws = self
             .domains
             .iter()
             .map(|d| reread_u64(&d.energy))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let mut added = 0;
         for ((d, last), now) in self.domains.iter().zip(st.last_raw.iter_mut()).zip(raws) {
             added += wrapped_delta(*last, now, d.max_range_uj);
