@@ -26,6 +26,28 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! Op-count energy of an inference pass, appended to a CodeCarbon-style CSV:
+//! ```
+//! use dsnn_hpo::energy::opcount::{LayerCount, pass_energy};
+//! use dsnn_hpo::energy::{CsvSink, EnergyConfig, RunInfo};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let cfg = EnergyConfig::default();
+//! let layers = [LayerCount {
+//!     name: "fc".into(), shift: true, weight_bits: 5, macs: 1000, params: 1000,
+//!     bias_adds: 0, input_elems: 0, output_elems: 0,
+//! }];
+//! let e = pass_energy(&layers, 64, &cfg.opcount)?;
+//! // 1000 shift-adds x 0.2 pJ + 1000 x 5/32 x 640 pJ of weights = 100 200 pJ per image
+//! assert!((e.per_image_j - 100_200e-12).abs() < 1e-18);
+//! let record = e.to_record("inference", &cfg.carbon()?);
+//! # let dir = tempfile::tempdir()?;
+//! # let path = dir.path().join("emissions.csv");
+//! let mut csv = CsvSink::open(&path, RunInfo::default())?;
+//! csv.append(&record)?;
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod carbon;
 pub mod config;
