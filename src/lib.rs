@@ -6,6 +6,7 @@
 
 pub mod arch;
 pub mod data;
+pub mod energy;
 pub mod shift;
 
 #[cfg(feature = "dsnn")]
