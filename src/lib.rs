@@ -1,8 +1,9 @@
 //! dsnn-hpo: multi-fidelity, multi-objective hyperparameter optimization of Deep Shift Neural
 //! Networks, trading validation loss against energy.
 //!
-//! Pure-Rust parts (no burn): [`arch`] (layer tables), [`shift`] settings and packed weights.
-//! Behind the default `dsnn` feature: the burn shift layers, [`model`]s and [`device`]s.
+//! Pure-Rust parts (no burn): [`arch`] (layer tables), [`shift`] settings and packed weights,
+//! [`data`] readers and batching, [`energy`] meters. Behind the default `dsnn` feature: the burn
+//! shift layers, [`model`]s, [`device`]s and the [`train`]er.
 
 pub mod arch;
 pub mod data;
@@ -13,6 +14,8 @@ pub mod shift;
 pub mod device;
 #[cfg(feature = "dsnn")]
 pub mod model;
+#[cfg(feature = "dsnn")]
+pub mod train;
 
 pub mod cli;
 pub mod commands;
