@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use burn::module::Module;
 use burn::optim::{ModuleOptimizer, OptimizerRecord};
 use burn::store::ModuleRecord;
-use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use super::config::TrainConfig;
@@ -48,13 +47,6 @@ struct State {
     config: TrainConfig,
 }
 
-/// A restored trial.
-pub struct Restored {
-    pub model: Network,
-    pub optim: ModuleOptimizer,
-    pub epoch: usize,
-}
-
 /// The configuration's identity for continuation: everything but the schedule horizon must
 /// match, and that too.
 fn same_trial(a: &TrainConfig, b: &TrainConfig) -> bool {
@@ -71,7 +63,7 @@ pub fn save(
     fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let tmp = |name: &str| dir.join(format!(".{name}.tmp"));
     model
-        .clone()
+        .valid()
         .into_record()
         .save(tmp(MODEL))
         .map_err(|e| io(&dir.join(MODEL), format!("{e:?}")))?;
@@ -92,14 +84,13 @@ pub fn save(
     Ok(())
 }
 
-/// Loads a checkpoint into a freshly built `model` and `optim` of the same configuration.
-pub fn load(
+/// Loads a checkpoint's model into a freshly built `model` of the same configuration; returns
+/// it with the epoch it was saved at.
+pub fn load_model(
     dir: &Path,
     cfg: &TrainConfig,
     model: Network,
-    optim: ModuleOptimizer,
-    device: &Device,
-) -> Result<Restored, CheckpointError> {
+) -> Result<(Network, usize), CheckpointError> {
     let state_path = dir.join(STATE);
     let text = fs::read_to_string(&state_path).map_err(|e| io(&state_path, e))?;
     let state: State = serde_json::from_str(&text).map_err(|e| io(&state_path, e))?;
@@ -110,18 +101,22 @@ pub fn load(
             current: serde_json::to_string(cfg).unwrap_or_default(),
         });
     }
-    let record = ModuleRecord::load(dir.join(MODEL))
-        .map_err(|e| io(&dir.join(MODEL), format!("{e:?}")))?;
+    let record =
+        ModuleRecord::load(dir.join(MODEL)).map_err(|e| io(&dir.join(MODEL), format!("{e:?}")))?;
     let model = model
         .try_load_record(record)
         .map_err(|e| io(&dir.join(MODEL), format!("{e:?}")))?
-        .to_device(device);
-    let orecord = OptimizerRecord::load(dir.join(OPTIM))
+        .train();
+    Ok((model, state.epoch))
+}
+
+/// Loads the optimizer state into `optim`, which must have been built for the model
+/// `load_model` returned (parameter groups match by parameter id).
+pub fn load_optimizer(
+    dir: &Path,
+    optim: ModuleOptimizer,
+) -> Result<ModuleOptimizer, CheckpointError> {
+    let record = OptimizerRecord::load(dir.join(OPTIM))
         .map_err(|e| io(&dir.join(OPTIM), format!("{e:?}")))?;
-    let optim = optim.load_record(orecord);
-    Ok(Restored {
-        model,
-        optim,
-        epoch: state.epoch,
-    })
+    Ok(optim.load_record(record))
 }

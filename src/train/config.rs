@@ -176,7 +176,11 @@ impl TrainConfig {
             return Err(bad("lr", self.lr, "expected a positive number"));
         }
         if !(0.0..1.0).contains(&self.momentum) {
-            return Err(bad("momentum", self.momentum, "expected a number in [0, 1)"));
+            return Err(bad(
+                "momentum",
+                self.momentum,
+                "expected a number in [0, 1)",
+            ));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return Err(bad(

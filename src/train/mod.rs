@@ -13,7 +13,7 @@ pub mod optim;
 use std::path::Path;
 use std::time::Instant;
 
-use burn::module::{AutodiffModule, Module};
+use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -153,13 +153,14 @@ pub fn train(
     // Parameters are initialised from the seed, on the training device.
     ad.seed(epoch_seed(cfg.seed, u64::MAX));
     let mut model = Network::init(&spec, &ad);
-    let mut optim: ModuleOptimizer = optim::build(&cfg.optimizer_settings(), &model);
     let mut start_epoch = 0;
     if let Some(dir) = opts.resume_from {
-        let restored = checkpoint::load(dir, cfg, model, optim, &ad)?;
-        model = restored.model;
-        optim = restored.optim;
-        start_epoch = restored.epoch;
+        (model, start_epoch) = checkpoint::load_model(dir, cfg, model)?;
+    }
+    // Built after loading: parameter groups (no decay for PS) are keyed by parameter id.
+    let mut optim: ModuleOptimizer = optim::build(&cfg.optimizer_settings(), &model);
+    if let Some(dir) = opts.resume_from {
+        optim = checkpoint::load_optimizer(dir, optim)?;
     }
     let epochs = epochs.max(start_epoch);
     let horizon = cfg.schedule_epochs.unwrap_or(epochs).max(epochs);
@@ -172,8 +173,13 @@ pub fn train(
     for epoch in start_epoch..epochs {
         let seed = epoch_seed(cfg.seed, epoch as u64);
         ad.seed(seed);
-        let batches =
-            EpochBatches::new(&data.train, cfg.batch_size, seed, data.augment, &data.normalization)?;
+        let batches = EpochBatches::new(
+            &data.train,
+            cfg.batch_size,
+            seed,
+            data.augment,
+            &data.normalization,
+        )?;
         observer.epoch_start(epoch, epochs, batches.num_batches());
         let mut prefetch = batches.prefetch()?;
         let epoch_start = Instant::now();
@@ -181,7 +187,9 @@ pub fn train(
         let mut step = 0usize;
         while let Some(batch) = prefetch.next() {
             let global_step = epoch * steps_per_epoch + step;
-            let lr = cfg.schedule.lr(cfg.lr, global_step, horizon * steps_per_epoch);
+            let lr = cfg
+                .schedule
+                .lr(cfg.lr, global_step, horizon * steps_per_epoch);
             let (x, y) = to_tensors(&batch, &ad);
             let n = batch.len;
             prefetch.recycle(batch);
@@ -194,7 +202,14 @@ pub fn train(
                     epoch + 1,
                     step + 1
                 );
-                return Ok(diverged(reason, epoch, start_epoch, started, train_s, images));
+                return Ok(diverged(
+                    reason,
+                    epoch,
+                    start_epoch,
+                    started,
+                    train_s,
+                    images,
+                ));
             }
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(lr, model, grads);
@@ -202,7 +217,11 @@ pub fn train(
             seen += n;
             step += 1;
             let elapsed = train_s + epoch_start.elapsed().as_secs_f64();
-            observer.batch_end(step, loss_sum / seen as f64, (images + seen) as f64 / elapsed);
+            observer.batch_end(
+                step,
+                loss_sum / seen as f64,
+                (images + seen) as f64 / elapsed,
+            );
         }
         train_s += epoch_start.elapsed().as_secs_f64();
         images += seen;
@@ -212,14 +231,32 @@ pub fn train(
 
     let eval_model = model.valid();
     let inner = device.clone();
-    let (valid_loss, valid_accuracy) =
-        evaluate(&eval_model, &data.valid, data, cfg.batch_size.max(256), &inner)?;
+    let (valid_loss, valid_accuracy) = evaluate(
+        &eval_model,
+        &data.valid,
+        data,
+        cfg.batch_size.max(256),
+        &inner,
+    )?;
     if !valid_loss.is_finite() {
         let reason = format!("validation loss is {valid_loss}");
-        return Ok(diverged(reason, epochs, start_epoch, started, train_s, images));
+        return Ok(diverged(
+            reason,
+            epochs,
+            start_epoch,
+            started,
+            train_s,
+            images,
+        ));
     }
     let (test_loss, test_accuracy) = if opts.evaluate_test && !data.test.is_empty() {
-        let (l, a) = evaluate(&eval_model, &data.test, data, cfg.batch_size.max(256), &inner)?;
+        let (l, a) = evaluate(
+            &eval_model,
+            &data.test,
+            data,
+            cfg.batch_size.max(256),
+            &inner,
+        )?;
         (Some(l), Some(a))
     } else {
         (None, None)

@@ -5,14 +5,14 @@
 //! decay to every parameter of an optimizer, so those parameters get a second, decay-free
 //! instance of the same optimizer through a parameter group.
 
+use burn::module::ParamGroup;
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{
-    AdaGradConfig, AdamConfig, AdamWConfig, LearningRate, ModuleOptimizer, Optimizer,
-    RecordState, RmsPropConfig, SgdConfig, StateSink, StateSource,
+    AdaGradConfig, AdamConfig, AdamWConfig, LearningRate, ModuleOptimizer, Optimizer, RecordState,
+    RmsPropConfig, SgdConfig, StateSink, StateSource,
 };
-use burn::module::ParamGroup;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -65,7 +65,9 @@ impl FromStr for OptimizerKind {
             .into_iter()
             .find(|k| k.name() == lower)
             .ok_or_else(|| {
-                format!("unknown optimizer '{s}': expected sgd, adam, adamw, radam, adagrad or rmsprop")
+                format!(
+                    "unknown optimizer '{s}': expected sgd, adam, adamw, radam, adagrad or rmsprop"
+                )
             })
     }
 }
@@ -116,7 +118,7 @@ pub fn ps_param_ids<M: Module>(module: &M) -> Vec<ParamId> {
 }
 
 fn decay(wd: f64) -> Option<WeightDecayConfig> {
-    (wd > 0.0).then(|| WeightDecayConfig::new(wd))
+    (wd > 0.0).then(|| WeightDecayConfig::new(wd as f32))
 }
 
 /// Builds the optimizer for `module`: one instance with weight decay for ordinary parameters,
@@ -161,11 +163,7 @@ pub fn build<M: Module>(s: &OptimizerSettings, module: &M) -> ModuleOptimizer {
         return main;
     }
     match s.kind {
-        OptimizerKind::Sgd => main.with_group(
-            ParamGroup::from_ids(ps),
-            sgd_without_decay(s),
-            None,
-        ),
+        OptimizerKind::Sgd => main.with_group(ParamGroup::from_ids(ps), sgd_without_decay(s), None),
         OptimizerKind::Adam => main.with_group(
             ParamGroup::from_ids(ps),
             AdamConfig::new().with_epsilon(1e-8).build(),
@@ -173,7 +171,10 @@ pub fn build<M: Module>(s: &OptimizerSettings, module: &M) -> ModuleOptimizer {
         ),
         OptimizerKind::Adamw => main.with_group(
             ParamGroup::from_ids(ps),
-            AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(0.0).build(),
+            AdamWConfig::new()
+                .with_epsilon(1e-8)
+                .with_weight_decay(0.0)
+                .build(),
             None,
         ),
         OptimizerKind::Radam => main.with_group(ParamGroup::from_ids(ps), RAdam::new(0.0), None),
@@ -328,5 +329,85 @@ impl Optimizer for RAdam {
             moment_1: state.moment_1.to_device(device),
             moment_2: state.moment_2.to_device(device),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::{Backbone, InputShape, NetSpec};
+    use crate::model::Network;
+    use crate::shift::{ShiftKind, ShiftSettings};
+
+    fn scalar(v: f32) -> Tensor<1> {
+        Tensor::from_data(TensorData::new(vec![v], [1]), &Device::flex())
+    }
+
+    #[test]
+    fn radam_by_hand_with_a_constant_gradient() {
+        // g = 0.5, lr = 0.1, w0 = 1. For t <= 5 rho_t <= 5: the step is the bias-corrected
+        // momentum m_hat = g. At t = 6 the adaptive step switches on: m_hat * r_6 * sqrt(1-b2^6)
+        // / (sqrt(v_6) + eps) = r_6 (up to eps), since v_6 = (1 - b2^6) g^2.
+        let opt = RAdam::new(0.0);
+        let (mut w, mut state) = (scalar(1.0), None);
+        let mut after = Vec::new();
+        for _ in 0..6 {
+            let (nw, ns) = opt.step(0.1, w, scalar(0.5), state);
+            after.push(nw.clone().into_scalar::<f32>());
+            w = nw;
+            state = ns;
+        }
+        assert!((after[0] - 0.95).abs() < 1e-6, "{after:?}");
+        assert!((after[4] - 0.75).abs() < 1e-6, "{after:?}");
+        let (b2, t) = (0.999f64, 6.0f64);
+        let rho_inf = 2.0 / (1.0 - b2) - 1.0;
+        let rho = rho_inf - 2.0 * t * b2.powf(t) / (1.0 - b2.powf(t));
+        assert!(rho > 5.0 && rho < 6.0);
+        let r = ((rho - 4.0) * (rho - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho))
+            .sqrt();
+        let expected = 0.75 - 0.1 * r;
+        assert!(
+            (after[5] as f64 - expected).abs() < 1e-5,
+            "{} vs {expected}",
+            after[5]
+        );
+    }
+
+    #[test]
+    fn radam_weight_decay_is_l2_on_the_gradient() {
+        // t = 1: the step is lr * (g + wd * w).
+        let (w, _) = RAdam::new(0.1).step(0.5, scalar(2.0), scalar(1.0), None);
+        assert!((w.into_scalar::<f32>() - (2.0 - 0.5 * 1.2)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn only_ps_shift_and_sign_escape_weight_decay() {
+        let settings = ShiftSettings {
+            kind: ShiftKind::Ps,
+            ..Default::default()
+        };
+        let spec = NetSpec::build(
+            Backbone::SmallCnn,
+            InputShape::new(1, 28, 28),
+            10,
+            settings,
+            3,
+        )
+        .unwrap();
+        let net = Network::init(&spec, &Device::flex());
+        // Three PS layers (conv2, fc1, fc2), each with a shift and a sign tensor.
+        assert_eq!(ps_param_ids(&net).len(), 6);
+        let q = NetSpec::build(
+            Backbone::SmallCnn,
+            InputShape::new(1, 28, 28),
+            10,
+            ShiftSettings {
+                kind: ShiftKind::Q,
+                ..Default::default()
+            },
+            3,
+        )
+        .unwrap();
+        assert!(ps_param_ids(&Network::init(&q, &Device::flex())).is_empty());
     }
 }
