@@ -312,6 +312,29 @@ impl NetSpec {
             .collect()
     }
 
+    /// Per-layer operation counts for the op-count energy model. Batch norm counts as a float
+    /// layer of one multiply-add per element whose "weights" are its scale and shift.
+    pub fn layer_counts(&self) -> Vec<crate::energy::LayerCount> {
+        let elems = |d: &[usize]| d.iter().map(|&x| x as u64).product::<u64>();
+        self.layers
+            .iter()
+            .map(|l| crate::energy::LayerCount {
+                name: l.name.clone(),
+                shift: l.shift,
+                weight_bits: if l.shift { self.shift.weight_bits } else { 32 },
+                macs: l.macs,
+                params: l.weights + if l.shift { 0 } else { l.biases },
+                bias_adds: if l.biases > 0 && l.kind.is_weight_layer() {
+                    elems(&l.output)
+                } else {
+                    0
+                },
+                input_elems: elems(&l.input),
+                output_elems: elems(&l.output),
+            })
+            .collect()
+    }
+
     pub fn totals(&self) -> Totals {
         let mut t = Totals {
             params: 0,

@@ -4,6 +4,9 @@
 use clap::{Parser, Subcommand};
 
 use crate::commands::describe::DescribeArgs;
+use crate::commands::energy::EnergyCmdArgs;
+#[cfg(feature = "dsnn")]
+use crate::commands::train::TrainArgs;
 
 /// Find the best accuracy/energy trade-offs of Deep Shift Neural Networks.
 #[derive(Debug, Parser)]
@@ -18,4 +21,9 @@ pub enum Command {
     /// Print a network's layer table: which layers are shift layers, parameters, MACs and
     /// shift-adds per image.
     Describe(DescribeArgs),
+    /// Train one DSNN configuration and report validation accuracy, loss, time and energy.
+    #[cfg(feature = "dsnn")]
+    Train(TrainArgs),
+    /// Energy sources available here (--probe), or the energy of one inference pass (--config).
+    Energy(EnergyCmdArgs),
 }

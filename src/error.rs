@@ -1,7 +1,12 @@
 //! The application's error type: every failure a user can cause, with a message that names the
 //! file, field or value and what was expected.
 
+use std::path::PathBuf;
+
 use crate::arch::ArchError;
+use crate::config::ConfigFileError;
+use crate::data::DataError;
+use crate::energy::EnergyError;
 use crate::shift::SettingsError;
 
 #[derive(Debug, thiserror::Error)]
@@ -10,11 +15,33 @@ pub enum Error {
     Arch(#[from] ArchError),
     #[error(transparent)]
     Settings(#[from] SettingsError),
+    #[error(transparent)]
+    Config(#[from] ConfigFileError),
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Energy(#[from] EnergyError),
+    #[cfg(feature = "dsnn")]
+    #[error(transparent)]
+    Device(#[from] crate::device::DeviceError),
+    #[cfg(feature = "dsnn")]
+    #[error(transparent)]
+    Train(#[from] crate::train::TrainError),
+    #[cfg(feature = "dsnn")]
+    #[error(transparent)]
+    TrainConfig(#[from] crate::train::config::ConfigError),
+    #[error("training diverged: {0}")]
+    Diverged(String),
     #[error("{flag} {value}: {expected}")]
     Flag {
         flag: &'static str,
         value: String,
         expected: &'static str,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
     },
     #[error("writing output: {0}")]
     Output(#[from] std::io::Error),

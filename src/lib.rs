@@ -19,4 +19,5 @@ pub mod train;
 
 pub mod cli;
 pub mod commands;
+pub mod config;
 pub mod error;

@@ -145,6 +145,18 @@ fn straight_through_gradients_match_the_reference() {
     }
     assert_eq!(gs, c, "the sign's gradient is not scaled by 2^p");
 
+    // Through an intermediate (non-leaf) tensor too: a shift layer in the middle of a network
+    // must pass gradients on to the layers before it.
+    let x = t1(&[0.3, -0.7, 3.0, 0.0], &device).require_grad();
+    let mid = x.clone().mul_scalar(2.0);
+    let loss = (quantize_q(fixed_point(mid, 8, 8), 5, DET) * t1(&c, &device)).sum();
+    let g = vals(x.grad(&loss.backward()).unwrap());
+    assert_eq!(g, c.map(|v| 2.0 * v));
+    let p = t1(&[-2.4, -0.6], &device).require_grad();
+    let loss = quantize_ps(p.clone().mul_scalar(1.0), t1(&[1.0, 1.0], &device), 5, DET).sum();
+    let g = vals(p.grad(&loss.backward()).unwrap());
+    assert!((g[0] - 0.25 * std::f32::consts::LN_2).abs() < 1e-6, "{g:?}");
+
     // Fixed point: straight through, clamped values included.
     let x = t1(&[0.3, -9.0, 100.0, 1.0], &device).require_grad();
     let loss = (fixed_point(x.clone(), 4, 2) * t1(&c, &device)).sum();

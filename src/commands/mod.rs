@@ -1,6 +1,9 @@
 //! One module per subcommand; each takes its parsed arguments and an output stream.
 
 pub mod describe;
+pub mod energy;
+#[cfg(feature = "dsnn")]
+pub mod train;
 
 use std::io::Write;
 
@@ -11,5 +14,8 @@ use crate::error::Error;
 pub fn run(command: Command, out: &mut dyn Write) -> Result<(), Error> {
     match command {
         Command::Describe(args) => describe::run(&args, out),
+        #[cfg(feature = "dsnn")]
+        Command::Train(args) => train::run(&args, out),
+        Command::Energy(args) => energy::run(&args, out),
     }
 }

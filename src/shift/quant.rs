@@ -19,7 +19,7 @@ const LN_2: f64 = std::f64::consts::LN_2;
 /// exact zero, so the forward value is exactly `q` (the usual form is off by rounding).
 /// Outside autodiff (or when `x` is not tracked) it is just `q`, two tensor ops fewer.
 pub fn straight_through<const D: usize>(x: Tensor<D>, q: Tensor<D>) -> Tensor<D> {
-    if x.is_require_grad() {
+    if x.is_tracked() {
         q.detach() + (x.clone() - x.detach())
     } else {
         q
@@ -89,7 +89,7 @@ pub fn quantize_ps<const D: usize>(
 ) -> Tensor<D> {
     let (p, s) = ps_shift_sign(shift.clone(), sign.clone(), weight_bits, rounding);
     let w = s * pow2(p);
-    if !(shift.is_require_grad() || sign.is_require_grad()) {
+    if !(shift.is_tracked() || sign.is_tracked()) {
         return w;
     }
     // Zero-valued terms that carry the gradients: d/dP = s 2^p ln2, d/dS = 1.
