@@ -96,3 +96,165 @@ fn describe_rejects_bad_arguments_with_a_clear_message() {
         assert!(o.stdout.is_empty(), "no half-written output for {all:?}");
     }
 }
+
+#[cfg(feature = "dsnn")]
+fn write(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[cfg(feature = "dsnn")]
+const TINY: &str = r#"
+epochs = 1
+[data]
+kind = "bundled"
+limit_train = 400
+validation_fraction = 0.25
+[train]
+model = "small-cnn"
+shift_type = "q"
+optimizer = "sgd"
+lr = 0.05
+batch_size = 50
+"#;
+
+#[cfg(feature = "dsnn")]
+#[test]
+fn train_reports_json_and_saves_a_continuable_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(dir.path(), "tiny.toml", TINY);
+    let save = dir.path().join("state");
+    let cfg_s = cfg.to_str().unwrap();
+    let save_s = save.to_str().unwrap();
+    let o = dsnn(&[
+        "train",
+        "--config",
+        cfg_s,
+        "--save",
+        save_s,
+        "--json",
+        "--evaluate-test",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["report"]["status"], "completed");
+    assert_eq!(v["report"]["epochs"], 1);
+    let acc = v["report"]["valid_accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc));
+    assert!(v["report"]["test_accuracy"].as_f64().is_some());
+    // Every energy figure names its source.
+    for c in ["cpu", "gpu", "ram"] {
+        assert!(v["energy"][c]["source"].is_string(), "{c}");
+    }
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(save.join("report.json")).unwrap()).unwrap();
+    assert_eq!(saved["report"], v["report"]);
+
+    let o = dsnn(&[
+        "train", "--config", cfg_s, "--resume", save_s, "--epochs", "2", "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["report"]["start_epoch"], 1);
+    assert_eq!(v["report"]["epochs"], 2);
+}
+
+#[cfg(feature = "dsnn")]
+#[test]
+fn bad_configs_name_the_file_key_and_expectation() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text, sets, needle) in [
+        (
+            "unknown.toml",
+            "epochs = 1\nepoch = 2\n",
+            vec![],
+            "unknown field `epoch`",
+        ),
+        ("type.toml", "[train]\nlr = \"fast\"\n", vec![], "line 2"),
+        (
+            "bits.toml",
+            "[train]\nweight_bits = 9\n",
+            vec![],
+            "weight_bits = 9",
+        ),
+        (
+            "data.toml",
+            "[data]\nkind = \"cifar10\"\npath = \"/no/such/dir\"\n",
+            vec![],
+            "/no/such/dir",
+        ),
+        (
+            "set.toml",
+            "epochs = 1\n",
+            vec!["--set", "train.momentum=2"],
+            "momentum = 2",
+        ),
+        (
+            "model.toml",
+            "[train]\nmodel = \"vgg\"\n",
+            vec![],
+            "unknown variant `vgg`",
+        ),
+    ] {
+        let cfg = write(dir.path(), name, text);
+        let mut args = vec!["train", "--config", cfg.to_str().unwrap(), "--quiet"];
+        args.extend(sets.iter());
+        let o = dsnn(&args);
+        assert_eq!(o.status.code(), Some(2), "{name}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.contains(needle), "{name}: {e}");
+        assert!(!e.contains("panicked"), "{name}: {e}");
+    }
+    let o = dsnn(&["train", "--config", "/no/such/config.toml"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("cannot read config /no/such/config.toml"));
+}
+
+#[cfg(feature = "dsnn")]
+#[test]
+fn a_diverging_run_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(dir.path(), "tiny.toml", TINY);
+    let o = dsnn(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--quiet",
+        "--set",
+        "train.lr=1e12",
+        "--set",
+        "train.shift_depth=0",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("training diverged: training loss became"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn energy_probe_lists_every_source() {
+    let o = dsnn(&["energy", "--probe", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8(o.stdout).unwrap();
+    for s in ["nvml", "rapl", "estimate"] {
+        assert!(text.contains(s), "{s} missing from {text}");
+    }
+}
+
+#[cfg(feature = "dsnn")]
+#[test]
+fn energy_of_an_inference_pass_is_labelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(dir.path(), "tiny.toml", TINY);
+    let o = dsnn(&["energy", "--config", cfg.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["images"], 100);
+    assert_eq!(v["opcount"]["cpu"]["source"], "opcount");
+    let cpu = v["measured"]["cpu"]["source"].as_str().unwrap();
+    assert!(cpu == "rapl" || cpu == "estimate", "{cpu}");
+    assert!(v["opcount_per_image_j"].as_f64().unwrap() > 0.0);
+}
