@@ -237,17 +237,18 @@ impl NetSpec {
         if num_classes < 2 {
             return Err(ArchError::BadClasses(num_classes));
         }
+        // Both backbones halve the resolution twice.
+        if input.height < 4 || input.width < 4 {
+            return Err(ArchError::InputTooSmall {
+                model,
+                h: input.height,
+                w: input.width,
+                min: 4,
+            });
+        }
         let mut b = Builder::new(input);
         match model.blocks_per_stage() {
             Some(n) => {
-                if input.height < 4 || input.width < 4 {
-                    return Err(ArchError::InputTooSmall {
-                        model,
-                        h: input.height,
-                        w: input.width,
-                        min: 4,
-                    });
-                }
                 b.conv("conv1", 16, 3, 1, 1, false);
                 b.bn("bn1");
                 for (stage, width) in [16usize, 32, 64].into_iter().enumerate() {
@@ -264,14 +265,6 @@ impl NetSpec {
                 b.linear("fc", num_classes, true);
             }
             None => {
-                if input.height < 4 || input.width < 4 {
-                    return Err(ArchError::InputTooSmall {
-                        model,
-                        h: input.height,
-                        w: input.width,
-                        min: 4,
-                    });
-                }
                 b.conv("conv1", 16, 3, 1, 1, false);
                 b.bn("bn1");
                 b.max_pool2();

@@ -122,6 +122,25 @@ fn to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, SettingsError> {
         .map_err(|e| SettingsError::Packed(format!("cannot read tensor: {e:?}")))
 }
 
+/// Fixed-point quantization with the layer's integer and fraction bits.
+fn quantize_input<const D: usize>(s: &ShiftSettings, x: Tensor<D>) -> Tensor<D> {
+    quant::fixed_point(x, s.activation_integer_bits, s.activation_fraction_bits)
+}
+
+fn bias_values(bias: &Option<Param<Tensor<1>>>) -> Result<Option<Vec<f32>>, SettingsError> {
+    bias.as_ref().map(|b| to_vec(b.val())).transpose()
+}
+
+/// An exported float bias, quantized as the layer's forward pass quantizes it.
+fn exported_bias(bias: &Option<Vec<f32>>, s: &ShiftSettings, device: &Device) -> Option<Tensor<1>> {
+    bias.as_ref().map(|b| {
+        quantize_input(
+            s,
+            Tensor::<1>::from_data(TensorData::new(b.clone(), [b.len()]), device),
+        )
+    })
+}
+
 /// Dequantizes packed weights to an exact f32 tensor.
 pub fn unpack_tensor<const D: usize>(
     packed: &PackedShiftWeights,
@@ -243,12 +262,8 @@ impl ShiftConv2d {
     /// - input `[batch, in, h, w]`, output `[batch, out, h', w']`.
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
         let s = &self.settings;
-        let (ib, fb) = (s.activation_integer_bits, s.activation_fraction_bits);
-        let x = quant::fixed_point(input, ib, fb);
-        let bias = self
-            .bias
-            .as_ref()
-            .map(|b| quant::fixed_point(b.val(), ib, fb));
+        let x = quantize_input(s, input);
+        let bias = self.bias.as_ref().map(|b| quantize_input(s, b.val()));
         conv2d(x, self.quantized_weight(), bias, self.options())
     }
 
@@ -256,10 +271,7 @@ impl ShiftConv2d {
     pub fn export(&self) -> Result<ExportedShiftConv2d, SettingsError> {
         Ok(ExportedShiftConv2d {
             weights: self.params.export(&self.settings)?,
-            bias: match &self.bias {
-                Some(b) => Some(to_vec(b.val())?),
-                None => None,
-            },
+            bias: bias_values(&self.bias)?,
             stride: self.stride,
             padding: self.padding,
             settings: self.settings,
@@ -283,22 +295,15 @@ impl ExportedShiftConv2d {
     pub fn forward(&self, input: Tensor<4>) -> Result<Tensor<4>, SettingsError> {
         let device = input.device();
         let s = &self.settings;
-        let (ib, fb) = (s.activation_integer_bits, s.activation_fraction_bits);
         let w = unpack_tensor::<4>(&self.weights, &device)?;
-        let bias = self.bias.as_ref().map(|b| {
-            quant::fixed_point(
-                Tensor::<1>::from_data(TensorData::new(b.clone(), [b.len()]), &device),
-                ib,
-                fb,
-            )
-        });
+        let bias = exported_bias(&self.bias, s, &device);
         let options = ConvOptions::new(
             [self.stride, self.stride],
             [self.padding, self.padding],
             [1, 1],
             1,
         );
-        Ok(conv2d(quant::fixed_point(input, ib, fb), w, bias, options))
+        Ok(conv2d(quantize_input(s, input), w, bias, options))
     }
 }
 
@@ -368,22 +373,15 @@ impl ShiftLinear {
     /// - input `[batch, d_input]`, output `[batch, d_output]`.
     pub fn forward(&self, input: Tensor<2>) -> Tensor<2> {
         let s = &self.settings;
-        let (ib, fb) = (s.activation_integer_bits, s.activation_fraction_bits);
-        let x = quant::fixed_point(input, ib, fb);
-        let bias = self
-            .bias
-            .as_ref()
-            .map(|b| quant::fixed_point(b.val(), ib, fb));
+        let x = quantize_input(s, input);
+        let bias = self.bias.as_ref().map(|b| quantize_input(s, b.val()));
         linear(x, self.quantized_weight(), bias)
     }
 
     pub fn export(&self) -> Result<ExportedShiftLinear, SettingsError> {
         Ok(ExportedShiftLinear {
             weights: self.params.export(&self.settings)?,
-            bias: match &self.bias {
-                Some(b) => Some(to_vec(b.val())?),
-                None => None,
-            },
+            bias: bias_values(&self.bias)?,
             settings: self.settings,
         })
     }
@@ -400,15 +398,8 @@ impl ExportedShiftLinear {
     pub fn forward(&self, input: Tensor<2>) -> Result<Tensor<2>, SettingsError> {
         let device = input.device();
         let s = &self.settings;
-        let (ib, fb) = (s.activation_integer_bits, s.activation_fraction_bits);
         let w = unpack_tensor::<2>(&self.weights, &device)?;
-        let bias = self.bias.as_ref().map(|b| {
-            quant::fixed_point(
-                Tensor::<1>::from_data(TensorData::new(b.clone(), [b.len()]), &device),
-                ib,
-                fb,
-            )
-        });
-        Ok(linear(quant::fixed_point(input, ib, fb), w, bias))
+        let bias = exported_bias(&self.bias, s, &device);
+        Ok(linear(quantize_input(s, input), w, bias))
     }
 }

@@ -275,14 +275,18 @@ pub fn train(
         train_loss,
         wall_s: started.elapsed().as_secs_f64(),
         train_s,
-        images_per_s: if train_s > 0.0 {
-            images as f64 / train_s
-        } else {
-            0.0
-        },
+        images_per_s: rate(images, train_s),
         test_accuracy,
         test_loss,
     })
+}
+
+fn rate(images: usize, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        images as f64 / seconds
+    } else {
+        0.0
+    }
 }
 
 fn diverged(
@@ -304,11 +308,7 @@ fn diverged(
         train_loss: f64::NAN,
         wall_s: started.elapsed().as_secs_f64(),
         train_s,
-        images_per_s: if train_s > 0.0 {
-            images as f64 / train_s
-        } else {
-            0.0
-        },
+        images_per_s: rate(images, train_s),
         test_accuracy: None,
         test_loss: None,
     }
