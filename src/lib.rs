@@ -2,13 +2,17 @@
 //! Networks, trading validation loss against energy.
 //!
 //! Pure-Rust parts (no burn): [`arch`] (layer tables), [`shift`] settings and packed weights,
-//! [`data`] readers and batching, [`energy`] meters. Behind the default `dsnn` feature: the burn
+//! [`data`] readers and batching, [`energy`] meters, the optimizer ([`space`], [`opt`],
+//! [`eval`]). Behind the default `dsnn` feature: the burn
 //! shift layers, [`model`]s, [`device`]s and the [`train`]er.
 
 pub mod arch;
 pub mod data;
 pub mod energy;
+pub mod eval;
+pub mod opt;
 pub mod shift;
+pub mod space;
 
 #[cfg(feature = "dsnn")]
 pub mod device;

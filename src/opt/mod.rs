@@ -1,0 +1,76 @@
+//! The optimizer: SMAC3-style ParEGO with a random-forest surrogate under Hyperband, driven by ask/tell.
+//!
+//! [`Smbo`] owns everything and does no I/O and reads no clock: the caller asks for a [`Trial`], runs it
+//! however it likes (several at once if it wants), and tells the [`Outcome`] back. Same seed and same
+//! sequence of asks and tells give the same trials, which is how a run resumes from its trial log.
+
+pub mod acquisition;
+pub mod bench;
+pub mod design;
+pub mod forest;
+pub mod hyperband;
+pub mod hypervolume;
+pub mod parego;
+pub mod pareto;
+pub mod smbo;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::space::Config;
+
+pub use hyperband::{BudgetError, Budgets, Schedule};
+pub use smbo::{SettingsError, Smbo, SmboSettings, Strategy, TrialRecord};
+
+/// One evaluation to run: a configuration at a budget (e.g. epochs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trial {
+    pub id: u64,
+    pub config: Config,
+    pub budget: f64,
+    /// The earlier trial of the same configuration at a lower budget, whose checkpoint the evaluator may
+    /// resume from instead of starting over.
+    pub continues: Option<u64>,
+}
+
+impl Trial {
+    /// The budget as whole epochs (budgets are integers when [`Budgets::integer`] is set).
+    pub fn epochs(&self) -> u32 {
+        self.budget.round().clamp(0.0, f64::from(u32::MAX)) as u32
+    }
+}
+
+/// The result of a trial.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Outcome {
+    /// One value per objective, all minimised, in the order of the evaluator's objective names.
+    Success { objectives: Vec<f64> },
+    /// Crashed, timed out, diverged: the surrogate sees the crash cost (1.0 per normalised objective).
+    Failed { reason: String },
+}
+
+/// Answer of [`Smbo::ask`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ask {
+    Trial(Trial),
+    /// Nothing can start until a pending trial is told (e.g. a small discrete space is used up).
+    Wait,
+    /// No more trials will come: the trial limit is reached, or the space is used up and nothing is
+    /// pending. Pending trials may still be told.
+    Done,
+}
+
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum TellError {
+    #[error("trial {0} was never asked")]
+    UnknownTrial(u64),
+    #[error("trial {0} was already told")]
+    AlreadyTold(u64),
+    #[error("trial {id} returned {got} objective values, expected {expected}")]
+    WrongObjectiveCount {
+        id: u64,
+        expected: usize,
+        got: usize,
+    },
+}

@@ -1,0 +1,465 @@
+//! The ask/tell optimizer.
+//!
+//! `ask` lets the Hyperband [`Scheduler`] pick the slot (a promotion, or a new configuration at a rung-0
+//! budget). New configurations come from the initial design first (default configuration + Sobol), then
+//! either at random (a `random_fraction` of them, or all of them with [`Strategy::Random`]) or from the
+//! model: a ParEGO weight vector is drawn, the costs are scalarised and log-scaled, a random forest is fit,
+//! and expected improvement is maximised by random sampling plus local search. A configuration is never
+//! proposed twice as new, so pending trials never share one.
+//!
+//! Which data the model learns from: the trials at the highest budget that has at least
+//! `min_model_points` finished trials, else at the budget with the most finished trials. SMAC3 takes the
+//! highest budget with any finished trial, which right after the first top-budget result means fitting a
+//! forest to a single point; requiring a handful avoids that degenerate model. In single-fidelity runs
+//! both rules are the same.
+
+use std::collections::{HashSet, VecDeque};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use thiserror::Error;
+
+use crate::space::SearchSpace;
+
+use super::acquisition::{Acquisition, MaximizerSettings};
+use super::design;
+use super::forest::{Forest, ForestSettings};
+use super::hyperband::{BudgetError, Budgets, Scheduler, SlotKind};
+use super::parego;
+use super::pareto;
+use super::{Ask, Outcome, TellError, Trial};
+
+/// How new configurations are chosen once the initial design is used up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// Model-based (random forest + EI on ParEGO scalarisations), interleaved with random ones.
+    ParEgo,
+    /// Uniformly random (no initial design, no model): random search, or Hyperband proper with budgets.
+    Random,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SmboSettings {
+    pub seed: u64,
+    pub n_objectives: usize,
+    /// Trials (configuration-budget evaluations) to ask in total.
+    pub max_trials: usize,
+    pub budgets: Budgets,
+    pub strategy: Strategy,
+    /// Size of the initial design including the default configuration; `None` = SMAC's rule (10 per
+    /// hyperparameter, at most 25% of `max_trials`).
+    pub initial_design: Option<usize>,
+    /// Probability that a model-phase proposal is random instead (SMAC: 0.2).
+    pub random_fraction: f64,
+    /// Finished trials a budget needs before the model prefers it (see the module doc).
+    pub min_model_points: usize,
+    pub forest: ForestSettings,
+    pub maximizer: MaximizerSettings,
+}
+
+impl SmboSettings {
+    /// Defaults for everything but what every run must decide.
+    pub fn new(n_objectives: usize, max_trials: usize, budgets: Budgets, seed: u64) -> Self {
+        SmboSettings {
+            seed,
+            n_objectives,
+            max_trials,
+            budgets,
+            strategy: Strategy::ParEgo,
+            initial_design: None,
+            random_fraction: 0.2,
+            min_model_points: 8,
+            forest: ForestSettings::default(),
+            maximizer: MaximizerSettings::default(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        if self.n_objectives == 0 {
+            return Err(SettingsError::NoObjectives);
+        }
+        if !(0.0..=1.0).contains(&self.random_fraction) {
+            return Err(SettingsError::RandomFraction(self.random_fraction));
+        }
+        if self.forest.n_trees == 0 {
+            return Err(SettingsError::NoTrees);
+        }
+        if self.maximizer.n_random + self.maximizer.n_local_starts == 0 {
+            return Err(SettingsError::NoCandidates);
+        }
+        self.budgets.validate()?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum SettingsError {
+    #[error("n_objectives must be at least 1")]
+    NoObjectives,
+    #[error("random_fraction must be in [0, 1], got {0}")]
+    RandomFraction(f64),
+    #[error("the forest needs at least 1 tree (forest.n_trees = 0)")]
+    NoTrees,
+    #[error("the acquisition maximiser has no candidates: n_random and n_local_starts are both 0")]
+    NoCandidates,
+    #[error(transparent)]
+    Budget(#[from] BudgetError),
+}
+
+/// Everything known about one asked trial.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrialRecord {
+    pub trial: Trial,
+    /// The configuration in the space's vector form.
+    pub vector: Vec<f64>,
+    /// `None` while pending.
+    pub outcome: Option<Outcome>,
+}
+
+/// The optimizer. See the module documentation.
+#[derive(Debug, Clone)]
+pub struct Smbo {
+    space: SearchSpace,
+    settings: SmboSettings,
+    rng: ChaCha8Rng,
+    scheduler: Scheduler,
+    /// Indexed by trial id.
+    records: Vec<TrialRecord>,
+    /// Keys of every configuration handed out as new.
+    proposed: HashSet<Vec<u64>>,
+    design: VecDeque<Vec<f64>>,
+    /// Set once no unseen configuration can be found (small discrete spaces).
+    exhausted: bool,
+    pending: usize,
+}
+
+impl Smbo {
+    pub fn new(space: SearchSpace, settings: SmboSettings) -> Result<Self, SettingsError> {
+        settings.validate()?;
+        let mut rng = ChaCha8Rng::seed_from_u64(settings.seed);
+        let design = match settings.strategy {
+            Strategy::Random => VecDeque::new(),
+            Strategy::ParEgo => {
+                let size = settings
+                    .initial_design
+                    .unwrap_or_else(|| design::default_size(space.len(), settings.max_trials));
+                design::initial_design(&space, size, rng.random()).into()
+            }
+        };
+        Ok(Smbo {
+            scheduler: Scheduler::new(settings.budgets.clone())?,
+            space,
+            settings,
+            rng,
+            records: Vec::new(),
+            proposed: HashSet::new(),
+            design,
+            exhausted: false,
+            pending: 0,
+        })
+    }
+
+    /// Random search with the same interface (and the same Hyperband schedule when budgets are given).
+    pub fn random_search(
+        space: SearchSpace,
+        settings: SmboSettings,
+    ) -> Result<Self, SettingsError> {
+        Self::new(
+            space,
+            SmboSettings {
+                strategy: Strategy::Random,
+                ..settings
+            },
+        )
+    }
+
+    pub fn space(&self) -> &SearchSpace {
+        &self.space
+    }
+
+    pub fn settings(&self) -> &SmboSettings {
+        &self.settings
+    }
+
+    /// Every trial asked so far, indexed by id.
+    pub fn records(&self) -> &[TrialRecord] {
+        &self.records
+    }
+
+    /// Trials asked and not yet told.
+    pub fn pending(&self) -> usize {
+        self.pending
+    }
+
+    /// The next trial to run, or why there is none.
+    pub fn ask(&mut self) -> Ask {
+        if self.records.len() >= self.settings.max_trials {
+            return Ask::Done;
+        }
+        loop {
+            let Some(slot) = self.scheduler.next_slot(!self.exhausted) else {
+                return if self.pending > 0 {
+                    Ask::Wait
+                } else {
+                    Ask::Done
+                };
+            };
+            let (vector, continues) = match slot.kind {
+                SlotKind::Promote { from } => {
+                    (self.records[from as usize].vector.clone(), Some(from))
+                }
+                SlotKind::New => match self.propose_new() {
+                    Some(v) => {
+                        self.proposed.insert(SearchSpace::key(&v));
+                        (v, None)
+                    }
+                    None => {
+                        self.exhausted = true;
+                        self.scheduler.close_intake(slot.bracket);
+                        continue;
+                    }
+                },
+            };
+            let id = self.records.len() as u64;
+            self.scheduler.claim(&slot, id);
+            let trial = Trial {
+                id,
+                config: self.space.to_config(&vector),
+                budget: slot.budget,
+                continues,
+            };
+            self.records.push(TrialRecord {
+                trial: trial.clone(),
+                vector,
+                outcome: None,
+            });
+            self.pending += 1;
+            return Ask::Trial(trial);
+        }
+    }
+
+    /// Records the result of trial `id`. Non-finite objective values turn the outcome into a failure.
+    pub fn tell(&mut self, id: u64, outcome: Outcome) -> Result<(), TellError> {
+        let expected = self.settings.n_objectives;
+        let record = self
+            .records
+            .get_mut(id as usize)
+            .ok_or(TellError::UnknownTrial(id))?;
+        if record.outcome.is_some() {
+            return Err(TellError::AlreadyTold(id));
+        }
+        let outcome = match outcome {
+            Outcome::Success { objectives } if objectives.len() != expected => {
+                return Err(TellError::WrongObjectiveCount {
+                    id,
+                    expected,
+                    got: objectives.len(),
+                });
+            }
+            Outcome::Success { objectives } => match objectives.iter().position(|x| !x.is_finite())
+            {
+                Some(k) => Outcome::Failed {
+                    reason: format!("objective {k} is {}", objectives[k]),
+                },
+                None => Outcome::Success { objectives },
+            },
+            failed => failed,
+        };
+        let costs = match &outcome {
+            Outcome::Success { objectives } => Some(objectives.clone()),
+            Outcome::Failed { .. } => None,
+        };
+        record.outcome = Some(outcome);
+        self.pending -= 1;
+        self.scheduler.report(id, costs);
+        Ok(())
+    }
+
+    /// Successful trials at the highest budget that has any, not dominated by another of them.
+    pub fn pareto_front(&self) -> Vec<&TrialRecord> {
+        let successes: Vec<(&TrialRecord, &Vec<f64>)> = self
+            .records
+            .iter()
+            .filter_map(|r| match &r.outcome {
+                Some(Outcome::Success { objectives }) => Some((r, objectives)),
+                _ => None,
+            })
+            .collect();
+        let Some(top) = successes
+            .iter()
+            .map(|(r, _)| r.trial.budget)
+            .reduce(f64::max)
+        else {
+            return Vec::new();
+        };
+        let at_top: Vec<&(&TrialRecord, &Vec<f64>)> = successes
+            .iter()
+            .filter(|(r, _)| r.trial.budget == top)
+            .collect();
+        let points: Vec<Vec<f64>> = at_top.iter().map(|(_, o)| (*o).clone()).collect();
+        pareto::non_dominated(&points)
+            .into_iter()
+            .map(|i| at_top[i].0)
+            .collect()
+    }
+
+    fn propose_new(&mut self) -> Option<Vec<f64>> {
+        while let Some(v) = self.design.pop_front() {
+            if !self.proposed.contains(&SearchSpace::key(&v)) {
+                return Some(v);
+            }
+        }
+        if self.settings.strategy == Strategy::ParEgo
+            && self.rng.random::<f64>() >= self.settings.random_fraction
+            && let Some(v) = self.propose_from_model()
+        {
+            return Some(v);
+        }
+        self.propose_random()
+    }
+
+    fn propose_random(&mut self) -> Option<Vec<f64>> {
+        for _ in 0..200 {
+            let v = self.space.sample_vector(&mut self.rng);
+            if !self.proposed.contains(&SearchSpace::key(&v)) {
+                return Some(v);
+            }
+        }
+        // Random draws keep colliding: in a small finite space, list what is left.
+        let left: Vec<Vec<f64>> = self
+            .space
+            .enumerate(100_000)?
+            .into_iter()
+            .filter(|v| !self.proposed.contains(&SearchSpace::key(v)))
+            .collect();
+        if left.is_empty() {
+            return None;
+        }
+        let pick = self.rng.random_range(0..left.len());
+        left.into_iter().nth(pick)
+    }
+
+    /// The budget whose trials train the model (see the module doc).
+    fn model_budget(&self) -> Option<f64> {
+        let mut counts: Vec<(f64, usize)> = Vec::new();
+        for r in self.records.iter().filter(|r| r.outcome.is_some()) {
+            match counts.iter_mut().find(|(b, _)| *b == r.trial.budget) {
+                Some((_, c)) => *c += 1,
+                None => counts.push((r.trial.budget, 1)),
+            }
+        }
+        let enough = counts
+            .iter()
+            .filter(|(_, c)| *c >= self.settings.min_model_points)
+            .map(|(b, _)| *b)
+            .reduce(f64::max);
+        enough.or_else(|| {
+            counts
+                .iter()
+                .max_by(|a, b| a.1.cmp(&b.1).then(a.0.total_cmp(&b.0)))
+                .map(|(b, _)| *b)
+        })
+    }
+
+    fn propose_from_model(&mut self) -> Option<Vec<f64>> {
+        let budget = self.model_budget()?;
+        let rows: Vec<&TrialRecord> = self
+            .records
+            .iter()
+            .filter(|r| r.outcome.is_some() && r.trial.budget == budget)
+            .collect();
+        let costs: Vec<Option<&[f64]>> = rows
+            .iter()
+            .map(|r| match &r.outcome {
+                Some(Outcome::Success { objectives }) => Some(objectives.as_slice()),
+                _ => None,
+            })
+            .collect();
+        if costs.iter().flatten().count() < 2 {
+            return None;
+        }
+        let theta = parego::draw_weights(self.settings.n_objectives, &mut self.rng);
+        let scalars: Vec<f64> = parego::normalise(&costs, self.settings.n_objectives)
+            .iter()
+            .map(|c| parego::scalarise(&theta, c))
+            .collect();
+        let y = log_scale(&scalars);
+        let x: Vec<Vec<f64>> = rows
+            .iter()
+            .map(|r| self.space.features(&r.vector))
+            .collect();
+        let forest = Forest::fit(
+            &x,
+            &y,
+            &self.space.feature_kinds(),
+            &self.settings.forest,
+            self.rng.random(),
+        );
+        // The incumbent is the best *predicted* cost among evaluated configurations (SMAC3).
+        let eta = x
+            .iter()
+            .map(|f| forest.predict(f).0)
+            .fold(f64::INFINITY, f64::min);
+        let previous: Vec<Vec<f64>> = rows.iter().map(|r| r.vector.clone()).collect();
+        let mut acquisition = Acquisition::new(&self.space, &forest, eta);
+        let candidates = acquisition.maximize(&previous, &self.settings.maximizer, &mut self.rng);
+        candidates
+            .into_iter()
+            .map(|c| c.vector)
+            .find(|v| !self.proposed.contains(&SearchSpace::key(v)))
+    }
+}
+
+/// SMAC3's log-scaled targets: min-max scale to (0, 1] with the minimum pushed below the best value by
+/// its distance to the 5th percentile (so the best point is not sent to log 0), then take the log.
+pub fn log_scale(values: &[f64]) -> Vec<f64> {
+    const VERY_SMALL: f64 = 1e-10;
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let p5 = percentile(values, 5.0);
+    let mut lo = min - (p5 - min) - VERY_SMALL;
+    if lo >= max {
+        lo = max - VERY_SMALL;
+    }
+    values
+        .iter()
+        .map(|v| ((v - lo) / (max - lo)).ln())
+        .collect()
+}
+
+/// Percentile with linear interpolation between order statistics (numpy's default).
+fn percentile(values: &[f64], q: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let pos = q / 100.0 * (sorted.len() - 1) as f64;
+    let (i, frac) = (pos.floor() as usize, pos.fract());
+    match sorted.get(i + 1) {
+        Some(next) => sorted[i] + frac * (next - sorted[i]),
+        None => sorted[i],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_scale_matches_hand_computation() {
+        // 21 values 0..=20: p5 = 1, min pushed to -1 (minus 1e-10), max 20.
+        let values: Vec<f64> = (0..=20).map(f64::from).collect();
+        let y = log_scale(&values);
+        let lo: f64 = -1.0 - 1e-10;
+        assert!((y[0] - ((0.0 - lo) / (20.0 - lo)).ln()).abs() < 1e-12);
+        assert!((y[0] - (1.0f64 / 21.0).ln()).abs() < 1e-9);
+        assert!(y[20].abs() < 1e-12);
+        assert!(y.windows(2).all(|w| w[0] < w[1]));
+        // Constant targets stay finite.
+        assert!(log_scale(&[3.0, 3.0]).iter().all(|v| v.is_finite()));
+    }
+
+    #[test]
+    fn percentile_interpolates() {
+        assert_eq!(percentile(&[4.0, 1.0, 3.0, 2.0], 50.0), 2.5);
+        assert_eq!(percentile(&[5.0], 5.0), 5.0);
+    }
+}
