@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 use crate::commands::describe::DescribeArgs;
 use crate::commands::energy::EnergyCmdArgs;
+use crate::opt::bench::BenchArgs;
 #[cfg(feature = "dsnn")]
 use crate::commands::train::TrainArgs;
 
@@ -26,4 +27,7 @@ pub enum Command {
     Train(TrainArgs),
     /// Energy sources available here (--probe), or the energy of one inference pass (--config).
     Energy(EnergyCmdArgs),
+    /// Benchmark the optimizer on ZDT1-3 and DTLZ2: hypervolume per seed and median, and the
+    /// optimizer's own time per suggestion.
+    Bench(BenchArgs),
 }

@@ -30,6 +30,8 @@ pub enum Error {
     #[cfg(feature = "dsnn")]
     #[error(transparent)]
     TrainConfig(#[from] crate::train::config::ConfigError),
+    #[error(transparent)]
+    Bench(#[from] crate::opt::bench::BenchError),
     #[error("training diverged: {0}")]
     Diverged(String),
     #[error("{flag} {value}: {expected}")]

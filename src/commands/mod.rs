@@ -17,5 +17,9 @@ pub fn run(command: Command, out: &mut dyn Write) -> Result<(), Error> {
         #[cfg(feature = "dsnn")]
         Command::Train(args) => train::run(&args, out),
         Command::Energy(args) => energy::run(&args, out),
+        Command::Bench(args) => {
+            crate::opt::bench::run(&args, out)?;
+            Ok(())
+        }
     }
 }
