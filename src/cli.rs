@@ -5,9 +5,9 @@ use clap::{Parser, Subcommand};
 
 use crate::commands::describe::DescribeArgs;
 use crate::commands::energy::EnergyCmdArgs;
-use crate::opt::bench::BenchArgs;
 #[cfg(feature = "dsnn")]
 use crate::commands::train::TrainArgs;
+use crate::opt::bench::BenchArgs;
 
 /// Find the best accuracy/energy trade-offs of Deep Shift Neural Networks.
 #[derive(Debug, Parser)]

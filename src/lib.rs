@@ -13,6 +13,7 @@ pub mod eval;
 pub mod opt;
 pub mod shift;
 pub mod space;
+pub mod store;
 
 #[cfg(feature = "dsnn")]
 pub mod device;

@@ -1,0 +1,252 @@
+//! The run directory's trial log, `trials.jsonl`: one JSON line per finished trial, appended,
+//! flushed and synced before the optimizer is told, so a killed run loses no finished trial.
+//! `run.json` holds what the log means: the objectives, the search space's default
+//! configuration and the resolved run configuration.
+//!
+//! Guarantees: a line that `append` returned for is on disk; a torn last line (a kill in the
+//! middle of a write) is ignored on reading and cut off before the next append.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::energy::EnergyRecord;
+use crate::space::Config;
+
+pub const TRIALS: &str = "trials.jsonl";
+pub const RUN: &str = "run.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {message}")]
+    Io { path: PathBuf, message: String },
+    #[error("{path} line {line}: {message}")]
+    Corrupt {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+}
+
+fn io(path: &Path, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+/// How a trial ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrialStatus {
+    Success,
+    /// Crashed, diverged (NaN) or failed otherwise; `reason` says why.
+    Failed,
+}
+
+/// One finished trial, as written to `trials.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrialLine {
+    pub id: u64,
+    pub config: Config,
+    /// Epochs the trial reached.
+    pub budget: f64,
+    /// The trial whose saved state this one continued from.
+    pub continued_from: Option<u64>,
+    pub status: TrialStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Objective values in the order of `RunInfo::objectives`; empty when failed.
+    pub objectives: Vec<f64>,
+    /// Validation metrics of the trained network, when training finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Metrics>,
+    /// Energy records of the trial's phases (training, inference), each with its sources.
+    #[serde(default)]
+    pub energy: Vec<EnergyRecord>,
+    /// Seconds from start to finish of the trial.
+    pub wall_s: f64,
+    /// Unix time the trial finished.
+    pub finished_unix_s: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    pub valid_accuracy: f64,
+    pub valid_loss: f64,
+    pub train_loss: f64,
+    pub epochs_trained: usize,
+    pub images_per_s: f64,
+}
+
+/// What the columns of the log mean.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// Objective names, e.g. ["loss", "energy_kwh"]; all minimised.
+    pub objectives: Vec<String>,
+    /// Where each objective comes from, e.g. "1 - validation accuracy",
+    /// "inference energy per validation pass, measured (rapl/estimate per record)".
+    pub objective_sources: Vec<String>,
+    /// The search space's default configuration: the baseline the report compares against.
+    pub default_config: Config,
+    /// Hash of the settings that must not change on resume.
+    pub meta_hash: String,
+    /// The resolved run configuration, as TOML text.
+    pub config_toml: String,
+}
+
+pub fn write_run_info(dir: &Path, info: &RunInfo) -> Result<(), StoreError> {
+    let text = serde_json::to_string_pretty(info).map_err(|e| io(&dir.join(RUN), e))?;
+    write_atomic(&dir.join(RUN), text.as_bytes())
+}
+
+pub fn read_run_info(dir: &Path) -> Result<RunInfo, StoreError> {
+    let path = dir.join(RUN);
+    let text = fs::read_to_string(&path).map_err(|e| io(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| io(&path, format!("not a dsnn-hpo run file: {e}")))
+}
+
+/// Writes `bytes` to a temporary file beside `path`, syncs it, and renames it over `path`:
+/// readers see the old or the new file, never half of one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let mut f = File::create(&tmp).map_err(|e| io(&tmp, e))?;
+    f.write_all(bytes).map_err(|e| io(&tmp, e))?;
+    f.sync_all().map_err(|e| io(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| io(path, e))
+}
+
+/// Reads every complete line of `dir/trials.jsonl`. A last line without its newline is a write
+/// that a kill interrupted: it is skipped. Any other unreadable line is an error.
+pub fn read_trials(dir: &Path) -> Result<Vec<TrialLine>, StoreError> {
+    let path = dir.join(TRIALS);
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(&path, e)),
+    };
+    let mut out = Vec::new();
+    let mut reader = BufReader::new(file);
+    let mut line = String::new();
+    let mut n = 0;
+    loop {
+        line.clear();
+        let read = reader.read_line(&mut line).map_err(|e| io(&path, e))?;
+        if read == 0 {
+            break;
+        }
+        n += 1;
+        if !line.ends_with('\n') {
+            break; // torn final write
+        }
+        let trimmed = line.trim();
+        if trimmed.is_empty() {
+            continue;
+        }
+        let t: TrialLine = serde_json::from_str(trimmed).map_err(|e| StoreError::Corrupt {
+            path: path.clone(),
+            line: n,
+            message: e.to_string(),
+        })?;
+        out.push(t);
+    }
+    Ok(out)
+}
+
+/// The append end of the log.
+pub struct TrialLog {
+    path: PathBuf,
+    file: File,
+}
+
+impl TrialLog {
+    /// Opens (or creates) `dir/trials.jsonl` for appending, first cutting off a torn last line.
+    pub fn open(dir: &Path) -> Result<TrialLog, StoreError> {
+        let path = dir.join(TRIALS);
+        if let Ok(bytes) = fs::read(&path) {
+            if !bytes.is_empty() && bytes.last() != Some(&b'\n') {
+                let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| io(&path, e))?;
+                f.set_len(keep as u64).map_err(|e| io(&path, e))?;
+                f.sync_all().map_err(|e| io(&path, e))?;
+            }
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| io(&path, e))?;
+        Ok(TrialLog { path, file })
+    }
+
+    /// Appends one trial; durable when this returns.
+    pub fn append(&mut self, t: &TrialLine) -> Result<(), StoreError> {
+        let mut text = serde_json::to_string(t).map_err(|e| io(&self.path, e))?;
+        text.push('\n');
+        self.file
+            .write_all(text.as_bytes())
+            .map_err(|e| io(&self.path, e))?;
+        self.file.sync_data().map_err(|e| io(&self.path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(id: u64) -> TrialLine {
+        let mut config = Config::new();
+        config.insert("lr", 0.1);
+        TrialLine {
+            id,
+            config,
+            budget: 3.0,
+            continued_from: None,
+            status: TrialStatus::Success,
+            reason: None,
+            objectives: vec![0.2, 1e-6],
+            metrics: None,
+            energy: Vec::new(),
+            wall_s: 1.0,
+            finished_unix_s: 0.0,
+        }
+    }
+
+    #[test]
+    fn appended_lines_read_back_and_a_torn_tail_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = TrialLog::open(dir.path()).unwrap();
+        log.append(&line(0)).unwrap();
+        log.append(&line(1)).unwrap();
+        drop(log);
+        // A kill in the middle of the third write.
+        let path = dir.path().join(TRIALS);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"id\":2,\"conf").unwrap();
+        drop(f);
+        let got = read_trials(dir.path()).unwrap();
+        assert_eq!(got.iter().map(|t| t.id).collect::<Vec<_>>(), [0, 1]);
+        let mut log = TrialLog::open(dir.path()).unwrap();
+        log.append(&line(2)).unwrap();
+        let got = read_trials(dir.path()).unwrap();
+        assert_eq!(got.iter().map(|t| t.id).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(got[2], line(2));
+    }
+
+    #[test]
+    fn a_corrupt_middle_line_is_an_error_naming_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(TRIALS), "{}\n").unwrap();
+        let e = read_trials(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("trials.jsonl line 1"), "{e}");
+    }
+}
