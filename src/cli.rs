@@ -6,6 +6,8 @@ use clap::{Parser, Subcommand};
 use crate::commands::describe::DescribeArgs;
 use crate::commands::energy::EnergyCmdArgs;
 #[cfg(feature = "dsnn")]
+use crate::commands::optimize::OptimizeArgs;
+#[cfg(feature = "dsnn")]
 use crate::commands::train::TrainArgs;
 use crate::opt::bench::BenchArgs;
 
@@ -19,6 +21,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Search DSNN configurations for the best trade-offs of loss and energy (multi-fidelity,
+    /// multi-objective: Hyperband over epochs, ParEGO with a random forest).
+    #[cfg(feature = "dsnn")]
+    Optimize(OptimizeArgs),
     /// Print a network's layer table: which layers are shift layers, parameters, MACs and
     /// shift-adds per image.
     Describe(DescribeArgs),

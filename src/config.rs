@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::DataConfig;
 use crate::energy::EnergyConfig;
+use crate::opt::Schedule as FidelitySchedule;
+use crate::space::ParamSpec;
 #[cfg(feature = "dsnn")]
 use crate::train::TrainConfig;
 
@@ -31,6 +33,177 @@ fn d_device() -> String {
     "cpu".into()
 }
 
+/// `[search]`: how long and how the optimizer searches.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchConfig {
+    /// Trials (configuration x budget evaluations) in total.
+    #[serde(default = "d_trials")]
+    pub trials: usize,
+    /// Stop starting new trials after this many seconds.
+    #[serde(default)]
+    pub wall_time_s: Option<f64>,
+    /// Stop once the trials' measured energy reaches this many kWh.
+    #[serde(default)]
+    pub energy_budget_kwh: Option<f64>,
+    /// Stop once the trials' emissions reach this many kg CO2-eq.
+    #[serde(default)]
+    pub emissions_budget_kg: Option<f64>,
+    #[serde(default)]
+    pub seed: u64,
+    /// `parego` (random forest + EI on ParEGO scalarisations) or `random`.
+    #[serde(default = "d_strategy")]
+    pub strategy: String,
+    /// Initial design size including the default configuration; absent = SMAC's rule.
+    #[serde(default)]
+    pub initial_design: Option<usize>,
+    /// Share of model-phase proposals drawn at random instead.
+    #[serde(default = "d_random_fraction")]
+    pub random_fraction: f64,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        SearchConfig {
+            trials: d_trials(),
+            wall_time_s: None,
+            energy_budget_kwh: None,
+            emissions_budget_kg: None,
+            seed: 0,
+            strategy: d_strategy(),
+            initial_design: None,
+            random_fraction: d_random_fraction(),
+        }
+    }
+}
+
+fn d_trials() -> usize {
+    30
+}
+fn d_strategy() -> String {
+    "parego".into()
+}
+fn d_random_fraction() -> f64 {
+    0.2
+}
+
+/// `[fidelity]`: training epochs as the budget.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FidelityConfig {
+    #[serde(default = "d_min_epochs")]
+    pub min_epochs: u32,
+    #[serde(default = "d_max_epochs")]
+    pub max_epochs: u32,
+    #[serde(default = "d_eta")]
+    pub eta: u32,
+    /// `hyperband` or `successive_halving`.
+    #[serde(default = "d_fidelity_schedule")]
+    pub schedule: FidelitySchedule,
+}
+
+impl Default for FidelityConfig {
+    fn default() -> Self {
+        FidelityConfig {
+            min_epochs: d_min_epochs(),
+            max_epochs: d_max_epochs(),
+            eta: d_eta(),
+            schedule: d_fidelity_schedule(),
+        }
+    }
+}
+
+fn d_min_epochs() -> u32 {
+    1
+}
+fn d_max_epochs() -> u32 {
+    9
+}
+fn d_eta() -> u32 {
+    3
+}
+fn d_fidelity_schedule() -> FidelitySchedule {
+    FidelitySchedule::Hyperband
+}
+
+/// The loss objective.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossObjective {
+    /// 1 - validation top-1 accuracy (the paper's).
+    Error,
+    /// Validation cross-entropy.
+    CrossEntropy,
+}
+
+/// Which energy is the second objective.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnergyPhase {
+    /// One inference pass over the validation split (the paper's 2025 setup).
+    Inference,
+    /// The trial's training (all its epochs, those of the state it continued included).
+    Training,
+    /// Training plus the inference pass.
+    Both,
+}
+
+/// Where the energy objective comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnergyModel {
+    /// The energy meter: NVML, RAPL, or the labelled estimate.
+    Measured,
+    /// The op-count model (deterministic, hardware-free); inference only.
+    Opcount,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnergyUnit {
+    Kwh,
+    /// kg CO2-eq, from the `[energy]` intensity and PUE.
+    KgCo2,
+}
+
+/// `[objectives]`: what is minimised.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectivesConfig {
+    #[serde(default = "d_loss")]
+    pub loss: LossObjective,
+    #[serde(default = "d_phase")]
+    pub energy: EnergyPhase,
+    #[serde(default = "d_model")]
+    pub energy_model: EnergyModel,
+    #[serde(default = "d_unit")]
+    pub unit: EnergyUnit,
+}
+
+impl Default for ObjectivesConfig {
+    fn default() -> Self {
+        ObjectivesConfig {
+            loss: d_loss(),
+            energy: d_phase(),
+            energy_model: d_model(),
+            unit: d_unit(),
+        }
+    }
+}
+
+fn d_loss() -> LossObjective {
+    LossObjective::Error
+}
+fn d_phase() -> EnergyPhase {
+    EnergyPhase::Inference
+}
+fn d_model() -> EnergyModel {
+    EnergyModel::Measured
+}
+fn d_unit() -> EnergyUnit {
+    EnergyUnit::Kwh
+}
+
 /// `[data]`, `[train]` (the trial's hyperparameters), `[energy]`, and run settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,6 +225,15 @@ pub struct RunConfig {
     /// Epochs for `dsnn-hpo train`.
     #[serde(default = "d_epochs")]
     pub epochs: usize,
+    #[serde(default)]
+    pub search: SearchConfig,
+    #[serde(default)]
+    pub fidelity: FidelityConfig,
+    #[serde(default)]
+    pub objectives: ObjectivesConfig,
+    /// The search space (`[[space]]` entries); empty = the DSNN space of the paper.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub space: Vec<ParamSpec>,
     /// cpu, wgpu, wgpu:N, vulkan, vulkan:N or cuda:N.
     #[serde(default = "d_device")]
     pub device: String,
@@ -108,6 +290,50 @@ impl RunConfig {
             .map_err(|e| fail(format!("[train] {e}")))?;
         if self.epochs == 0 {
             return Err(fail("epochs = 0: expected a positive integer".into()));
+        }
+        let f = &self.fidelity;
+        if f.min_epochs == 0 || f.max_epochs < f.min_epochs || f.eta < 2 {
+            return Err(fail(format!(
+                "[fidelity] min_epochs = {}, max_epochs = {}, eta = {}: expected 1 <= min_epochs <= max_epochs and eta >= 2",
+                f.min_epochs, f.max_epochs, f.eta
+            )));
+        }
+        let s = &self.search;
+        if s.trials == 0 {
+            return Err(fail(
+                "[search] trials = 0: expected a positive integer".into(),
+            ));
+        }
+        if s.strategy != "parego" && s.strategy != "random" {
+            return Err(fail(format!(
+                "[search] strategy = \"{}\": expected \"parego\" or \"random\"",
+                s.strategy
+            )));
+        }
+        if !(0.0..=1.0).contains(&s.random_fraction) {
+            return Err(fail(format!(
+                "[search] random_fraction = {}: expected a number in [0, 1]",
+                s.random_fraction
+            )));
+        }
+        for (key, v) in [
+            ("wall_time_s", s.wall_time_s),
+            ("energy_budget_kwh", s.energy_budget_kwh),
+            ("emissions_budget_kg", s.emissions_budget_kg),
+        ] {
+            if let Some(v) = v.filter(|v| !(v.is_finite() && *v > 0.0)) {
+                return Err(fail(format!(
+                    "[search] {key} = {v}: expected a positive number"
+                )));
+            }
+        }
+        if self.objectives.energy_model == EnergyModel::Opcount
+            && self.objectives.energy != EnergyPhase::Inference
+        {
+            return Err(fail(
+                "[objectives] energy_model = \"opcount\" models inference only: set energy = \"inference\""
+                    .into(),
+            ));
         }
         Ok(self)
     }

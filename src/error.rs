@@ -32,6 +32,13 @@ pub enum Error {
     TrainConfig(#[from] crate::train::config::ConfigError),
     #[error(transparent)]
     Bench(#[from] crate::opt::bench::BenchError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[cfg(feature = "dsnn")]
+    #[error(transparent)]
+    Trial(#[from] crate::trial::TrialError),
+    #[error("run directory {path}: {message}")]
+    Run { path: PathBuf, message: String },
     #[error("training diverged: {0}")]
     Diverged(String),
     #[error("{flag} {value}: {expected}")]

@@ -16,11 +16,15 @@ pub mod space;
 pub mod store;
 
 #[cfg(feature = "dsnn")]
+pub mod app;
+#[cfg(feature = "dsnn")]
 pub mod device;
 #[cfg(feature = "dsnn")]
 pub mod model;
 #[cfg(feature = "dsnn")]
 pub mod train;
+#[cfg(feature = "dsnn")]
+pub mod trial;
 
 pub mod cli;
 pub mod commands;

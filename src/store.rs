@@ -72,10 +72,29 @@ pub struct TrialLine {
     pub finished_unix_s: f64,
 }
 
+/// JSON has no NaN: a diverged trial's losses are written as null and read back as NaN.
+mod nan_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_f64(*v)
+        } else {
+            s.serialize_none()
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
     pub valid_accuracy: f64,
+    #[serde(with = "nan_as_null")]
     pub valid_loss: f64,
+    #[serde(with = "nan_as_null")]
     pub train_loss: f64,
     pub epochs_trained: usize,
     pub images_per_s: f64,
@@ -169,16 +188,17 @@ impl TrialLog {
     /// Opens (or creates) `dir/trials.jsonl` for appending, first cutting off a torn last line.
     pub fn open(dir: &Path) -> Result<TrialLog, StoreError> {
         let path = dir.join(TRIALS);
-        if let Ok(bytes) = fs::read(&path) {
-            if !bytes.is_empty() && bytes.last() != Some(&b'\n') {
-                let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(|e| io(&path, e))?;
-                f.set_len(keep as u64).map_err(|e| io(&path, e))?;
-                f.sync_all().map_err(|e| io(&path, e))?;
-            }
+        if let Ok(bytes) = fs::read(&path)
+            && !bytes.is_empty()
+            && bytes.last() != Some(&b'\n')
+        {
+            let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| io(&path, e))?;
+            f.set_len(keep as u64).map_err(|e| io(&path, e))?;
+            f.sync_all().map_err(|e| io(&path, e))?;
         }
         let file = OpenOptions::new()
             .create(true)
@@ -240,6 +260,24 @@ mod tests {
         let got = read_trials(dir.path()).unwrap();
         assert_eq!(got.iter().map(|t| t.id).collect::<Vec<_>>(), [0, 1, 2]);
         assert_eq!(got[2], line(2));
+    }
+
+    #[test]
+    fn diverged_metrics_round_trip_as_nan() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = line(0);
+        t.status = TrialStatus::Failed;
+        t.metrics = Some(Metrics {
+            valid_accuracy: 0.0,
+            valid_loss: f64::NAN,
+            train_loss: f64::INFINITY,
+            epochs_trained: 1,
+            images_per_s: 10.0,
+        });
+        TrialLog::open(dir.path()).unwrap().append(&t).unwrap();
+        let back = read_trials(dir.path()).unwrap();
+        let m = back[0].metrics.as_ref().unwrap();
+        assert!(m.valid_loss.is_nan() && m.train_loss.is_nan());
     }
 
     #[test]

@@ -3,6 +3,8 @@
 pub mod describe;
 pub mod energy;
 #[cfg(feature = "dsnn")]
+pub mod optimize;
+#[cfg(feature = "dsnn")]
 pub mod train;
 
 use std::io::Write;
@@ -13,6 +15,8 @@ use crate::error::Error;
 /// Runs one subcommand, writing its report to `out`.
 pub fn run(command: Command, out: &mut dyn Write) -> Result<(), Error> {
     match command {
+        #[cfg(feature = "dsnn")]
+        Command::Optimize(args) => optimize::run(&args, out),
         Command::Describe(args) => describe::run(&args, out),
         #[cfg(feature = "dsnn")]
         Command::Train(args) => train::run(&args, out),

@@ -140,6 +140,19 @@ pub fn train(
     opts: &RunOptions<'_>,
     observer: &mut dyn TrainObserver,
 ) -> Result<TrainReport, TrainError> {
+    train_network(cfg, data, device, epochs, opts, observer).map(|(report, _)| report)
+}
+
+/// [`train`], also returning the trained network in eval mode (none when training diverged),
+/// for measuring it afterwards.
+pub fn train_network(
+    cfg: &TrainConfig,
+    data: &LoadedData,
+    device: &Device,
+    epochs: usize,
+    opts: &RunOptions<'_>,
+    observer: &mut dyn TrainObserver,
+) -> Result<(TrainReport, Option<Network>), TrainError> {
     cfg.validate()?;
     if data.train.is_empty() {
         return Err(TrainError::EmptyTrain);
@@ -202,13 +215,9 @@ pub fn train(
                     epoch + 1,
                     step + 1
                 );
-                return Ok(diverged(
-                    reason,
-                    epoch,
-                    start_epoch,
-                    started,
-                    train_s,
-                    images,
+                return Ok((
+                    diverged(reason, epoch, start_epoch, started, train_s, images),
+                    None,
                 ));
             }
             let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -240,13 +249,9 @@ pub fn train(
     )?;
     if !valid_loss.is_finite() {
         let reason = format!("validation loss is {valid_loss}");
-        return Ok(diverged(
-            reason,
-            epochs,
-            start_epoch,
-            started,
-            train_s,
-            images,
+        return Ok((
+            diverged(reason, epochs, start_epoch, started, train_s, images),
+            None,
         ));
     }
     let (test_loss, test_accuracy) = if opts.evaluate_test && !data.test.is_empty() {
@@ -264,7 +269,7 @@ pub fn train(
     if let Some(dir) = opts.save_to {
         checkpoint::save(dir, cfg, &model, &optim, epochs)?;
     }
-    Ok(TrainReport {
+    let report = TrainReport {
         status: TrainStatus::Completed,
         reason: None,
         epochs,
@@ -278,7 +283,8 @@ pub fn train(
         images_per_s: rate(images, train_s),
         test_accuracy,
         test_loss,
-    })
+    };
+    Ok((report, Some(eval_model)))
 }
 
 fn rate(images: usize, seconds: f64) -> f64 {

@@ -1,0 +1,102 @@
+//! `dsnn-hpo optimize`: search DSNN configurations for the best loss/energy trade-offs.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::Args;
+
+use crate::app::{OptimizeOptions, optimize};
+use crate::config::RunConfig;
+use crate::error::Error;
+
+#[derive(Debug, Args)]
+pub struct OptimizeArgs {
+    /// Run configuration (TOML): [data], [train] (base values), [[space]], [search],
+    /// [fidelity], [objectives], [energy].
+    #[arg(long, value_name = "FILE", required_unless_present = "resume")]
+    pub config: Option<PathBuf>,
+    /// Override a key, e.g. `--set search.trials=10 --set data.path=/data/cifar`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Run directory (default runs/<config name>-<unix time>).
+    #[arg(long, value_name = "DIR", conflicts_with = "resume")]
+    pub run_dir: Option<PathBuf>,
+    /// Continue a run that was stopped or killed; its configuration is read from the run.
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
+    /// No progress display.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+pub fn run(args: &OptimizeArgs, out: &mut dyn Write) -> Result<(), Error> {
+    let (cfg, run_dir, config_path, resume) = match (&args.resume, &args.config) {
+        (Some(dir), _) => {
+            // The run keeps its own resolved configuration; --set may extend its stop criteria.
+            let info = crate::store::read_run_info(dir)?;
+            let path = dir.join("run.json");
+            let cfg = RunConfig::from_str_with_sets(&info.config_toml, &path, &args.sets)?;
+            (cfg, dir.clone(), path, true)
+        }
+        (None, Some(path)) => {
+            let cfg = RunConfig::load(path, &args.sets)?;
+            let dir = match &args.run_dir {
+                Some(d) => d.clone(),
+                None => {
+                    let name = cfg.name.clone().unwrap_or_else(|| {
+                        path.file_stem()
+                            .map(|s| s.to_string_lossy().into_owned())
+                            .unwrap_or_else(|| "run".into())
+                    });
+                    let stamp = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0);
+                    PathBuf::from("runs").join(format!("{name}-{stamp}"))
+                }
+            };
+            (cfg, dir, path.clone(), false)
+        }
+        (None, None) => {
+            return Err(Error::Flag {
+                flag: "optimize",
+                value: "(no --config)".into(),
+                expected: "give --config FILE for a new run or --resume DIR",
+            });
+        }
+    };
+    let summary = optimize(
+        &cfg,
+        &OptimizeOptions {
+            run_dir: run_dir.clone(),
+            resume,
+            quiet: args.quiet,
+            config_path,
+        },
+    )?;
+    writeln!(
+        out,
+        "run {}: {} trials ({} failed), stopped: {:?}; front of {} (trials {:?}), hypervolume {:.4} (normalised, reference 1.1)",
+        run_dir.display(),
+        summary.trials,
+        summary.failed,
+        summary.stop,
+        summary.front.len(),
+        summary.front,
+        summary.hypervolume
+    )?;
+    let e = &summary.search_energy;
+    writeln!(
+        out,
+        "search energy {:.3e} kWh, {:.3e} kg CO2-eq (cpu: {}, gpu: {}, ram: {}); trials' energy {:.3e} kWh",
+        e.energy_kwh,
+        e.emissions_kg,
+        e.cpu.source,
+        e.gpu.source,
+        e.ram.source,
+        summary.trials_energy_kwh
+    )?;
+    writeln!(out, "report: dsnn-hpo pareto --run {}", run_dir.display())?;
+    Ok(())
+}

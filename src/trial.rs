@@ -1,0 +1,319 @@
+//! The DSNN objective: a suggested configuration and a budget in epochs become a trained
+//! network, its validation loss and its energy. This is where the optimizer meets burn.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use burn::tensor::Device;
+
+use crate::config::{EnergyModel, EnergyPhase, EnergyUnit, LossObjective, ObjectivesConfig};
+use crate::data::LoadedData;
+use crate::energy::{EnergyRecord, EnergyTracker, opcount};
+use crate::opt::{Outcome, Trial};
+use crate::space::{Config, ParamSpec, SearchSpace, SpaceError};
+use crate::store::Metrics;
+use crate::train::{RunOptions, TrainConfig, TrainObserver, TrainStatus, evaluate, train_network};
+
+/// One evaluated trial with what the log keeps besides the objectives.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    pub outcome: Outcome,
+    pub metrics: Option<Metrics>,
+    pub energy: Vec<EnergyRecord>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrialError {
+    #[error("search space parameter '{name}' is not a training setting: {message}")]
+    UnknownParameter { name: String, message: String },
+    #[error(transparent)]
+    Space(#[from] SpaceError),
+    #[error(transparent)]
+    Train(#[from] crate::train::TrainError),
+    #[error(transparent)]
+    Energy(#[from] crate::energy::EnergyError),
+    #[error(transparent)]
+    Config(#[from] crate::train::config::ConfigError),
+}
+
+/// The paper's DSNN search space (2025 scripts), adapted to the optimizers burn has and with
+/// batch size added; `weight_layers` bounds `shift_depth`. Defaults come from `base` (the
+/// run's `[train]` section, itself defaulting to the paper's default DSNN), clamped into range.
+pub fn dsnn_space(weight_layers: usize, base: &TrainConfig) -> Result<SearchSpace, SpaceError> {
+    use crate::space::Value;
+    let layers = weight_layers.max(1) as i64;
+    let int = |v: u64, lo: i64, hi: i64| (v.min(i64::MAX as u64) as i64).clamp(lo, hi);
+    let specs = vec![
+        ParamSpec::categorical(
+            "optimizer",
+            &["sgd", "adam", "adamw", "radam", "adagrad", "rmsprop"],
+            base.optimizer.name(),
+        ),
+        ParamSpec::float("lr", 0.001, 0.2, base.lr.clamp(0.001, 0.2)),
+        ParamSpec::float("momentum", 0.0, 0.9, base.momentum.clamp(0.0, 0.9)).active_if(
+            "optimizer",
+            &[Value::Str("sgd".into()), Value::Str("rmsprop".into())],
+        ),
+        ParamSpec::float(
+            "weight_decay",
+            1e-6,
+            1e-2,
+            base.weight_decay.clamp(1e-6, 1e-2),
+        )
+        .log(),
+        ParamSpec::int("batch_size", 32, 256, int(base.batch_size as u64, 32, 256)).log(),
+        ParamSpec::int("weight_bits", 2, 5, int(u64::from(base.weight_bits), 2, 5)),
+        ParamSpec::int(
+            "activation_integer_bits",
+            4,
+            32,
+            int(u64::from(base.activation_integer_bits), 4, 32),
+        ),
+        ParamSpec::int(
+            "activation_fraction_bits",
+            4,
+            32,
+            int(u64::from(base.activation_fraction_bits), 4, 32),
+        ),
+        ParamSpec::int(
+            "shift_depth",
+            1,
+            layers,
+            int(base.shift_depth as u64, 1, layers),
+        ),
+        ParamSpec::categorical("shift_type", &["q", "ps"], &base.shift_type.to_string()),
+        ParamSpec::categorical(
+            "rounding",
+            &["deterministic", "stochastic"],
+            &base.rounding.to_string(),
+        ),
+    ];
+    SearchSpace::new(specs, Some("the built-in DSNN space"))
+}
+
+/// `base` with the suggested values set: the suggestion's names are `TrainConfig` fields.
+pub fn trial_config(base: &TrainConfig, config: &Config) -> Result<TrainConfig, TrialError> {
+    let mut value = serde_json::to_value(base).map_err(|e| TrialError::UnknownParameter {
+        name: "(base)".into(),
+        message: e.to_string(),
+    })?;
+    if let serde_json::Value::Object(map) = &mut value {
+        for (name, v) in config.iter() {
+            let json = serde_json::to_value(v).map_err(|e| TrialError::UnknownParameter {
+                name: name.into(),
+                message: e.to_string(),
+            })?;
+            map.insert(name.to_string(), json);
+        }
+    }
+    serde_json::from_value(value).map_err(|e| TrialError::UnknownParameter {
+        name: config.iter().map(|(n, _)| n).collect::<Vec<_>>().join(", "),
+        message: e.to_string(),
+    })
+}
+
+/// Trains and measures DSNN trials.
+pub struct DsnnObjective<'a> {
+    pub base: TrainConfig,
+    pub data: &'a LoadedData,
+    pub device: Device,
+    pub tracker: &'a EnergyTracker,
+    pub objectives: ObjectivesConfig,
+    /// The largest budget: every trial's schedule spans it, so continuing is exact.
+    pub max_epochs: usize,
+    /// Where trials save state for continuation (`<dir>/<trial id>`).
+    pub checkpoints: PathBuf,
+    pub observer: Box<dyn TrainObserver + 'a>,
+    /// Per-operation energies of the op-count model.
+    pub opcount: crate::energy::OpEnergies,
+    /// Training energy (kWh, kg) of each trial so far, counting the states it continued from.
+    training_energy: HashMap<u64, (f64, f64)>,
+}
+
+impl<'a> DsnnObjective<'a> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        base: TrainConfig,
+        data: &'a LoadedData,
+        device: Device,
+        tracker: &'a EnergyTracker,
+        objectives: ObjectivesConfig,
+        max_epochs: usize,
+        checkpoints: PathBuf,
+        observer: Box<dyn TrainObserver + 'a>,
+        opcount: crate::energy::OpEnergies,
+    ) -> Self {
+        Self {
+            base,
+            data,
+            device,
+            tracker,
+            objectives,
+            max_epochs,
+            checkpoints,
+            observer,
+            opcount,
+            training_energy: HashMap::new(),
+        }
+    }
+
+    pub fn objective_names(&self) -> Vec<String> {
+        let loss = match self.objectives.loss {
+            LossObjective::Error => "loss",
+            LossObjective::CrossEntropy => "cross_entropy",
+        };
+        let unit = match self.objectives.unit {
+            EnergyUnit::Kwh => "kwh",
+            EnergyUnit::KgCo2 => "kg_co2",
+        };
+        let phase = match self.objectives.energy {
+            EnergyPhase::Inference => "inference",
+            EnergyPhase::Training => "training",
+            EnergyPhase::Both => "energy",
+        };
+        vec![loss.to_string(), format!("{phase}_{unit}")]
+    }
+
+    pub fn objective_sources(&self) -> Vec<String> {
+        let loss = match self.objectives.loss {
+            LossObjective::Error => "1 - validation top-1 accuracy",
+            LossObjective::CrossEntropy => "validation cross-entropy",
+        };
+        let what = match self.objectives.energy {
+            EnergyPhase::Inference => "one inference pass over the validation split",
+            EnergyPhase::Training => "the trial's training, continued-from epochs included",
+            EnergyPhase::Both => "training plus one validation inference pass",
+        };
+        let how = match self.objectives.energy_model {
+            EnergyModel::Measured => {
+                "measured by the energy meter (source per component in each record)"
+            }
+            EnergyModel::Opcount => "op-count model (source opcount)",
+        };
+        vec![loss.to_string(), format!("{what}, {how}")]
+    }
+
+    /// Remembers the training energy of trials finished before a resume.
+    pub fn restore_training_energy(&mut self, id: u64, kwh: f64, kg: f64) {
+        self.training_energy.insert(id, (kwh, kg));
+    }
+
+    fn in_unit(&self, kwh: f64, kg: f64) -> f64 {
+        match self.objectives.unit {
+            EnergyUnit::Kwh => kwh,
+            EnergyUnit::KgCo2 => kg,
+        }
+    }
+
+    pub fn evaluate(&mut self, trial: &Trial) -> Result<Evaluation, TrialError> {
+        let mut cfg = trial_config(&self.base, &trial.config)?;
+        cfg.schedule_epochs = Some(self.max_epochs);
+        cfg.validate()?;
+        let epochs = trial.epochs().max(1) as usize;
+        let resume = trial
+            .continues
+            .map(|p| self.checkpoints.join(p.to_string()))
+            .filter(|d| d.join("state.json").exists());
+        let save = (epochs < self.max_epochs).then(|| self.checkpoints.join(trial.id.to_string()));
+        let opts = RunOptions {
+            resume_from: resume.as_deref(),
+            save_to: save.as_deref(),
+            evaluate_test: false,
+        };
+        let window = self.tracker.start("train")?;
+        let result = train_network(
+            &cfg,
+            self.data,
+            &self.device,
+            epochs,
+            &opts,
+            self.observer.as_mut(),
+        );
+        let train_energy = self.tracker.stop(window)?;
+        let (report, model) = match result {
+            Ok(r) => r,
+            // A configuration that cannot train (e.g. a network too deep for the input) is a
+            // failed trial; the search goes on.
+            Err(e) => {
+                return Ok(Evaluation {
+                    outcome: Outcome::Failed {
+                        reason: e.to_string(),
+                    },
+                    metrics: None,
+                    energy: vec![train_energy],
+                });
+            }
+        };
+        // The state this trial continued from already paid for its epochs.
+        let (prev_kwh, prev_kg) = match (resume.is_some(), trial.continues) {
+            (true, Some(p)) => self.training_energy.get(&p).copied().unwrap_or((0.0, 0.0)),
+            _ => (0.0, 0.0),
+        };
+        let train_kwh = prev_kwh + train_energy.energy_kwh;
+        let train_kg = prev_kg + train_energy.emissions_kg;
+        self.training_energy.insert(trial.id, (train_kwh, train_kg));
+        let mut energy = vec![train_energy];
+        let metrics = Metrics {
+            valid_accuracy: report.valid_accuracy,
+            valid_loss: report.valid_loss,
+            train_loss: report.train_loss,
+            epochs_trained: report.epochs,
+            images_per_s: report.images_per_s,
+        };
+        let model = match (report.status, model) {
+            (TrainStatus::Completed, Some(m)) => m,
+            _ => {
+                return Ok(Evaluation {
+                    outcome: Outcome::Failed {
+                        reason: report.reason.unwrap_or_else(|| "training diverged".into()),
+                    },
+                    metrics: Some(metrics),
+                    energy,
+                });
+            }
+        };
+        let (inf_kwh, inf_kg) = match self.objectives.energy_model {
+            EnergyModel::Measured if self.objectives.energy != EnergyPhase::Training => {
+                let w = self.tracker.start("inference")?;
+                evaluate(&model, &self.data.valid, self.data, 256, &self.device)?;
+                let rec = self.tracker.stop(w)?;
+                let out = (rec.energy_kwh, rec.emissions_kg);
+                energy.push(rec);
+                out
+            }
+            EnergyModel::Opcount => {
+                let spec = cfg.net_spec(self.data.dims(), self.data.num_classes())?;
+                let op = opcount::pass_energy(
+                    &spec.layer_counts(),
+                    self.data.valid.len() as u64,
+                    &self.opcount,
+                )?;
+                let rec = op.to_record("inference", self.tracker.carbon());
+                let out = (rec.energy_kwh, rec.emissions_kg);
+                energy.push(rec);
+                out
+            }
+            EnergyModel::Measured => (0.0, 0.0),
+        };
+        let energy_objective = match self.objectives.energy {
+            EnergyPhase::Inference => self.in_unit(inf_kwh, inf_kg),
+            EnergyPhase::Training => self.in_unit(train_kwh, train_kg),
+            EnergyPhase::Both => self.in_unit(train_kwh + inf_kwh, train_kg + inf_kg),
+        };
+        let loss = match self.objectives.loss {
+            LossObjective::Error => report.valid_error,
+            LossObjective::CrossEntropy => report.valid_loss,
+        };
+        // The parent's state is not needed once this trial has continued it.
+        if let (Some(p), Some(_)) = (trial.continues, &resume) {
+            let _ = std::fs::remove_dir_all(self.checkpoints.join(p.to_string()));
+        }
+        Ok(Evaluation {
+            outcome: Outcome::Success {
+                objectives: vec![loss, energy_objective],
+            },
+            metrics: Some(metrics),
+            energy,
+        })
+    }
+}

@@ -1,0 +1,225 @@
+//! `dsnn-hpo optimize` end to end on tiny budgets: a full run, a run killed and resumed, and
+//! bad configurations.
+#![cfg(feature = "dsnn")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use dsnn_hpo::store::{TrialStatus, read_trials};
+
+const TINY: &str = r#"
+name = "tiny"
+[data]
+kind = "bundled"
+limit_train = 500
+validation_fraction = 0.2
+[train]
+model = "small-cnn"
+optimizer = "sgd"
+lr = 0.05
+batch_size = 100
+[search]
+trials = 7
+seed = 3
+[fidelity]
+min_epochs = 1
+max_epochs = 3
+eta = 3
+[objectives]
+loss = "error"
+energy = "inference"
+energy_model = "opcount"
+"#;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_dsnn-hpo"))
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("run dsnn-hpo")
+}
+
+fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let p = dir.join("tiny.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// What must repeat exactly between runs: everything but timings and measured energy.
+fn essence(dir: &Path) -> Vec<(u64, String, u64, Vec<u64>)> {
+    read_trials(dir)
+        .unwrap()
+        .into_iter()
+        .map(|t| {
+            (
+                t.id,
+                serde_json::to_string(&t.config).unwrap(),
+                t.budget.to_bits(),
+                t.objectives.iter().map(|v| v.to_bits()).collect(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_killed_run_resumes_without_losing_or_repeating_trials() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), TINY);
+    let cfg_s = cfg.to_str().unwrap();
+
+    // Straight through.
+    let straight = tmp.path().join("straight");
+    let o = run(&[
+        "optimize",
+        "--config",
+        cfg_s,
+        "--run-dir",
+        straight.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let expected = essence(&straight);
+    assert_eq!(expected.len(), 7);
+    assert_eq!(
+        expected.iter().map(|e| e.0).collect::<Vec<_>>(),
+        (0..7).collect::<Vec<u64>>()
+    );
+    for f in [
+        "run.json",
+        "front.json",
+        "front.csv",
+        "emissions.csv",
+        "summary.json",
+    ] {
+        assert!(straight.join(f).exists(), "{f} missing");
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(straight.join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["trials"], 7);
+    assert!(summary["search_energy"]["cpu"]["source"].is_string());
+    let budgets: Vec<u64> = read_trials(&straight)
+        .unwrap()
+        .iter()
+        .map(|t| t.budget as u64)
+        .collect();
+    assert!(budgets.contains(&1) && budgets.contains(&3), "{budgets:?}");
+
+    // Killed after two finished trials, then resumed.
+    let killed = tmp.path().join("killed");
+    let mut child = bin()
+        .args([
+            "optimize",
+            "--config",
+            cfg_s,
+            "--run-dir",
+            killed.to_str().unwrap(),
+            "--quiet",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let done = read_trials(&killed).map(|t| t.len()).unwrap_or(0);
+        if done >= 2 || start.elapsed() > Duration::from_secs(120) {
+            break;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let before = read_trials(&killed).unwrap().len();
+    assert!(before >= 2, "the run was killed after {before} trials");
+
+    let o = run(&["optimize", "--resume", killed.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got = essence(&killed);
+    assert_eq!(got, expected, "resumed run differs from the straight one");
+
+    // Starting over in a used directory is refused.
+    let o = run(&[
+        "optimize",
+        "--config",
+        cfg_s,
+        "--run-dir",
+        killed.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--resume"));
+}
+
+#[test]
+fn every_failed_trial_is_logged_and_an_all_failed_run_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A learning rate no network survives: every trial diverges.
+    let text = TINY.replace("lr = 0.05", "lr = 0.05\nschedule = \"constant\"")
+        + "\n[[space]]\nname = \"lr\"\ntype = \"float\"\nlow = 1e10\nhigh = 1e12\nlog = true\ndefault = 1e11\n";
+    let text = text.replace("trials = 7", "trials = 3");
+    let cfg = write_config(tmp.path(), &text);
+    let dir = tmp.path().join("run");
+    let o = run(&[
+        "optimize",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--run-dir",
+        dir.to_str().unwrap(),
+        "--quiet",
+        "--set",
+        "train.shift_depth=0",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("every trial failed"), "{e}");
+    let trials = read_trials(&dir).unwrap();
+    assert_eq!(trials.len(), 3);
+    assert!(trials.iter().all(|t| t.status == TrialStatus::Failed));
+    assert!(trials[0].reason.as_deref().unwrap().contains("loss became"));
+}
+
+#[test]
+fn bad_optimize_configs_name_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (extra, needle) in [
+        ("[search]\ntrial = 3\n", "unknown field `trial`"),
+        (
+            "[fidelity]\nmin_epochs = 5\nmax_epochs = 2\n",
+            "min_epochs = 5",
+        ),
+        (
+            "[objectives]\nenergy = \"training\"\nenergy_model = \"opcount\"\n",
+            "opcount",
+        ),
+        (
+            "[[space]]\nname = \"lr\"\ntype = \"float\"\nlow = 0.5\nhigh = 0.1\n",
+            "lr",
+        ),
+        (
+            "[[space]]\nname = \"dropout\"\ntype = \"float\"\nlow = 0.0\nhigh = 0.5\n",
+            "dropout",
+        ),
+    ] {
+        let base = TINY.split("[search]").next().unwrap().to_string();
+        let cfg = write_config(tmp.path(), &(base + extra));
+        let dir = tmp.path().join("r");
+        let o = run(&[
+            "optimize",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--run-dir",
+            dir.to_str().unwrap(),
+            "--quiet",
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{extra}");
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(e.contains(needle), "{extra}: {e}");
+        assert!(!e.contains("panicked"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
