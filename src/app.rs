@@ -18,6 +18,8 @@ use crate::data::LoadedData;
 use crate::device::DeviceChoice;
 use crate::energy::{CsvSink, EnergyTracker};
 use crate::error::Error;
+use crate::eval::Evaluator;
+use crate::eval::command::CommandObjective;
 use crate::opt::hypervolume::hypervolume;
 use crate::opt::pareto::non_dominated;
 use crate::opt::{Ask, Budgets, Outcome, Smbo, SmboSettings, Strategy, Trial};
@@ -101,23 +103,33 @@ fn run_err(path: &Path, message: impl Into<String>) -> Error {
 /// The search space of the run: the config's `[[space]]`, or the built-in DSNN space.
 pub fn search_space(
     cfg: &RunConfig,
-    data: &LoadedData,
+    data: Option<&LoadedData>,
     source: &Path,
 ) -> Result<SearchSpace, Error> {
     let space = if cfg.space.is_empty() {
+        let Some(data) = data else {
+            return Err(run_err(source, "a command objective needs a [[space]]"));
+        };
         let spec = cfg.train.net_spec(data.dims(), data.num_classes())?;
         dsnn_space(spec.totals().weight_layers, &cfg.train)
     } else {
         SearchSpace::new(cfg.space.clone(), Some(&source.display().to_string()))
     }
     .map_err(|e| run_err(source, e.to_string()))?;
-    // Every parameter must be a training setting: try the default configuration.
-    trial_config(&cfg.train, &space.default_config())
-        .map_err(|e| run_err(source, e.to_string()))?;
+    if data.is_some() {
+        // Every parameter must be a training setting: try the default configuration.
+        trial_config(&cfg.train, &space.default_config())
+            .map_err(|e| run_err(source, e.to_string()))?;
+    }
     Ok(space)
 }
 
 fn build_optimizer(cfg: &RunConfig, space: SearchSpace, source: &Path) -> Result<Smbo, Error> {
+    let n_objectives = if cfg.objective.kind == "dsnn" {
+        2
+    } else {
+        cfg.objective.names.len()
+    };
     let f = &cfg.fidelity;
     let budgets = Budgets {
         min: f64::from(f.min_epochs),
@@ -126,7 +138,7 @@ fn build_optimizer(cfg: &RunConfig, space: SearchSpace, source: &Path) -> Result
         schedule: f.schedule,
         integer: true,
     };
-    let mut settings = SmboSettings::new(2, cfg.search.trials, budgets, cfg.search.seed);
+    let mut settings = SmboSettings::new(n_objectives, cfg.search.trials, budgets, cfg.search.seed);
     settings.strategy = if cfg.search.strategy == "random" {
         Strategy::Random
     } else {
@@ -215,6 +227,59 @@ fn write_front(dir: &Path, info: &RunInfo, lines: &[TrialLine]) -> Result<(), Er
     Ok(())
 }
 
+/// What a trial runs: a DSNN training or a user's command.
+enum Runner<'a> {
+    Dsnn(Box<DsnnObjective<'a>>),
+    Command(CommandObjective),
+}
+
+impl Runner<'_> {
+    fn names(&self) -> Vec<String> {
+        match self {
+            Runner::Dsnn(d) => d.objective_names(),
+            Runner::Command(c) => c.objective_names(),
+        }
+    }
+
+    fn sources(&self) -> Vec<String> {
+        match self {
+            Runner::Dsnn(d) => d.objective_sources(),
+            Runner::Command(c) => c
+                .objective_names()
+                .iter()
+                .map(|n| format!("{n} as printed by the objective command"))
+                .collect(),
+        }
+    }
+
+    fn evaluate(&mut self, trial: &Trial) -> Result<Evaluation, Error> {
+        match self {
+            Runner::Dsnn(d) => Ok(d.evaluate(trial)?),
+            Runner::Command(c) => Ok(Evaluation {
+                outcome: c.evaluate(trial).map_err(|e| Error::Run {
+                    path: PathBuf::from("[objective]"),
+                    message: e.to_string(),
+                })?,
+                metrics: None,
+                energy: Vec::new(),
+            }),
+        }
+    }
+}
+
+fn command_objective(cfg: &RunConfig, source: &Path) -> Result<CommandObjective, Error> {
+    let o = &cfg.objective;
+    let built = match &o.shell {
+        Some(line) => CommandObjective::shell(line, o.names.clone()),
+        None => CommandObjective::new(o.command.clone(), o.names.clone()),
+    };
+    let mut c = built.map_err(|e| run_err(source, e.to_string()))?;
+    if let Some(t) = o.timeout_s {
+        c = c.with_timeout(std::time::Duration::from_secs_f64(t));
+    }
+    Ok(c)
+}
+
 /// The trainer's epoch bar, inside the run's multi-bar display.
 struct EpochBar {
     multi: Option<MultiProgress>,
@@ -278,10 +343,13 @@ pub fn optimize(cfg: &RunConfig, opts: &OptimizeOptions) -> Result<Summary, Erro
     }
     std::fs::create_dir_all(dir).map_err(|e| run_err(dir, e.to_string()))?;
 
-    let choice: DeviceChoice = cfg.device.parse()?;
-    let device = choice.device()?;
-    let data = cfg.data.load()?;
-    let space = search_space(cfg, &data, &opts.config_path)?;
+    let is_dsnn = cfg.objective.kind == "dsnn";
+    let data = if is_dsnn {
+        Some(cfg.data.load()?)
+    } else {
+        None
+    };
+    let space = search_space(cfg, data.as_ref(), &opts.config_path)?;
     let default_config = space.default_config();
     let mut smbo = build_optimizer(cfg, space, &opts.config_path)?;
     let tracker = EnergyTracker::from_config(&cfg.energy)?;
@@ -289,7 +357,9 @@ pub fn optimize(cfg: &RunConfig, opts: &OptimizeOptions) -> Result<Summary, Erro
         for note in tracker.notes() {
             eprintln!("energy: {note}");
         }
-        eprintln!("data: {}", data.describe());
+        if let Some(d) = &data {
+            eprintln!("data: {}", d.describe());
+        }
     }
     let search_window = tracker.start("search")?;
 
@@ -298,20 +368,26 @@ pub fn optimize(cfg: &RunConfig, opts: &OptimizeOptions) -> Result<Summary, Erro
         multi: multi.clone(),
         bar: None,
     };
-    let mut objective = DsnnObjective::new(
-        cfg.train.clone(),
-        &data,
-        device,
-        &tracker,
-        cfg.objectives.clone(),
-        cfg.fidelity.max_epochs as usize,
-        dir.join("checkpoints"),
-        Box::new(observer),
-        cfg.energy.opcount.clone(),
-    );
+    let mut objective = match &data {
+        Some(data) => {
+            let choice: DeviceChoice = cfg.device.parse()?;
+            Runner::Dsnn(Box::new(DsnnObjective::new(
+                cfg.train.clone(),
+                data,
+                choice.device()?,
+                &tracker,
+                cfg.objectives.clone(),
+                cfg.fidelity.max_epochs as usize,
+                dir.join("checkpoints"),
+                Box::new(observer),
+                cfg.energy.opcount.clone(),
+            )))
+        }
+        None => Runner::Command(command_objective(cfg, &opts.config_path)?),
+    };
     let info = RunInfo {
-        objectives: objective.objective_names(),
-        objective_sources: objective.objective_sources(),
+        objectives: objective.names(),
+        objective_sources: objective.sources(),
         default_config,
         meta_hash: hash,
         config_toml: toml::to_string(cfg).unwrap_or_default(),
@@ -346,7 +422,9 @@ pub fn optimize(cfg: &RunConfig, opts: &OptimizeOptions) -> Result<Summary, Erro
                         .and_then(|p| lines.iter().find(|l| l.id == p))
                         .and_then(|l| l.energy.iter().find(|r| r.phase == "train"))
                         .map_or((0.0, 0.0), |r| (r.energy_kwh, r.emissions_kg));
-                    objective.restore_training_energy(t.id, r.energy_kwh + pk, r.emissions_kg + pg);
+                    if let Runner::Dsnn(d) = &mut objective {
+                        d.restore_training_energy(t.id, r.energy_kwh + pk, r.emissions_kg + pg);
+                    }
                 }
                 for r in &line.energy {
                     if r.phase != "inference" || !r.cpu.source.to_string().contains("opcount") {

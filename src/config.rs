@@ -166,6 +166,46 @@ pub enum EnergyUnit {
     KgCo2,
 }
 
+/// `[objective]`: what a trial runs. `dsnn` trains the configuration (the default);
+/// `command` runs a user's program per trial (see `eval::command` for the protocol).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectiveConfig {
+    #[serde(default = "d_objective_kind")]
+    pub kind: String,
+    /// Program and arguments, run without a shell.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// A shell command line instead of `command`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<String>,
+    /// Objective names the program prints (all minimised).
+    #[serde(default = "d_objective_names")]
+    pub names: Vec<String>,
+    /// Seconds before a trial's process is killed and the trial fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<f64>,
+}
+
+impl Default for ObjectiveConfig {
+    fn default() -> Self {
+        ObjectiveConfig {
+            kind: d_objective_kind(),
+            command: Vec::new(),
+            shell: None,
+            names: d_objective_names(),
+            timeout_s: None,
+        }
+    }
+}
+
+fn d_objective_kind() -> String {
+    "dsnn".into()
+}
+fn d_objective_names() -> Vec<String> {
+    vec!["loss".into(), "energy".into()]
+}
+
 /// `[objectives]`: what is minimised.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -231,6 +271,8 @@ pub struct RunConfig {
     pub fidelity: FidelityConfig,
     #[serde(default)]
     pub objectives: ObjectivesConfig,
+    #[serde(default)]
+    pub objective: ObjectiveConfig,
     /// The search space (`[[space]]` entries); empty = the DSNN space of the paper.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub space: Vec<ParamSpec>,
@@ -324,6 +366,33 @@ impl RunConfig {
             if let Some(v) = v.filter(|v| !(v.is_finite() && *v > 0.0)) {
                 return Err(fail(format!(
                     "[search] {key} = {v}: expected a positive number"
+                )));
+            }
+        }
+        let o = &self.objective;
+        match o.kind.as_str() {
+            "dsnn" => {}
+            "command" => {
+                if o.command.is_empty() == o.shell.is_none() {
+                    return Err(fail(
+                        "[objective] kind = \"command\" needs exactly one of command = [program, args...] or shell = \"command line\"".into(),
+                    ));
+                }
+                if o.names.is_empty() {
+                    return Err(fail("[objective] names is empty: expected the objective names the command prints".into()));
+                }
+                if self.space.is_empty() {
+                    return Err(fail("[objective] kind = \"command\" needs a [[space]]: the built-in space is for DSNN training".into()));
+                }
+                if let Some(t) = o.timeout_s.filter(|t| !(t.is_finite() && *t > 0.0)) {
+                    return Err(fail(format!(
+                        "[objective] timeout_s = {t}: expected a positive number"
+                    )));
+                }
+            }
+            other => {
+                return Err(fail(format!(
+                    "[objective] kind = \"{other}\": expected \"dsnn\" or \"command\""
                 )));
             }
         }

@@ -223,3 +223,62 @@ fn bad_optimize_configs_name_the_key() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+#[test]
+fn a_command_objective_is_optimized_and_its_failures_logged() {
+    if Command::new("python3").arg("--version").output().is_err() {
+        eprintln!("skipped: python3 is not installed, the example objective needs it");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let text = std::fs::read_to_string(format!("{root}/configs/command-objective.toml"))
+        .unwrap()
+        .replace(
+            "examples/objective.py",
+            &format!("{root}/examples/objective.py"),
+        )
+        .replace("trials = 20", "trials = 8");
+    let cfg = write_config(tmp.path(), &text);
+    let dir = tmp.path().join("run");
+    let o = run(&[
+        "optimize",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--run-dir",
+        dir.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let trials = read_trials(&dir).unwrap();
+    assert_eq!(trials.len(), 8);
+    // The toy's formula, checked on the default configuration (x = y = 0.5) at its budget.
+    let first = &trials[0];
+    let b = first.budget;
+    assert!((first.objectives[0] - (0.25 + 1.0 / (1.0 + b))).abs() < 1e-12);
+    assert!((first.objectives[1] - (0.5 * b / 9.0 + 0.01)).abs() < 1e-12);
+
+    // A command that fails: every trial is logged as failed with its stderr, and the run errs.
+    let failing = text.replace(
+        &format!("command = [\"python3\", \"{root}/examples/objective.py\"]"),
+        "shell = \"echo boom >&2; exit 3\"",
+    );
+    let cfg = write_config(tmp.path(), &failing);
+    let dir = tmp.path().join("failing");
+    let o = run(&[
+        "optimize",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--run-dir",
+        dir.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let trials = read_trials(&dir).unwrap();
+    assert_eq!(trials.len(), 8);
+    assert!(
+        trials[0].reason.as_deref().unwrap().contains("boom"),
+        "{:?}",
+        trials[0].reason
+    );
+}
