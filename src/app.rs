@@ -23,9 +23,9 @@ use crate::eval::command::CommandObjective;
 use crate::opt::hypervolume::hypervolume;
 use crate::opt::pareto::non_dominated;
 use crate::opt::{Ask, Budgets, Outcome, Smbo, SmboSettings, Strategy, Trial};
+use crate::progress::EpochBar;
 use crate::space::SearchSpace;
 use crate::store::{self, Metrics, RunInfo, TrialLine, TrialLog, TrialStatus};
-use crate::train::TrainObserver;
 use crate::trial::{DsnnObjective, Evaluation, dsnn_space, trial_config};
 
 /// How the optimize command was asked to run.
@@ -280,42 +280,6 @@ fn command_objective(cfg: &RunConfig, source: &Path) -> Result<CommandObjective,
     Ok(c)
 }
 
-/// The trainer's epoch bar, inside the run's multi-bar display.
-struct EpochBar {
-    multi: Option<MultiProgress>,
-    bar: Option<ProgressBar>,
-}
-
-impl TrainObserver for EpochBar {
-    fn epoch_start(&mut self, epoch: usize, epochs: usize, batches: usize) {
-        let Some(multi) = &self.multi else { return };
-        if let Some(old) = self.bar.take() {
-            old.finish_and_clear();
-        }
-        let bar = multi.add(ProgressBar::new(batches as u64));
-        if let Ok(style) =
-            ProgressStyle::with_template("  epoch {prefix} [{bar:25}] {pos}/{len}  {msg}")
-        {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        bar.set_prefix(format!("{}/{}", epoch + 1, epochs));
-        self.bar = Some(bar);
-    }
-
-    fn batch_end(&mut self, done: usize, loss: f64, images_per_s: f64) {
-        if let Some(bar) = &self.bar {
-            bar.set_position(done as u64);
-            bar.set_message(format!("loss {loss:.3}  {images_per_s:.0} img/s"));
-        }
-    }
-
-    fn epoch_end(&mut self, _: usize, _: f64, _: Option<f64>) {
-        if let Some(bar) = self.bar.take() {
-            bar.finish_and_clear();
-        }
-    }
-}
-
 /// Runs (or resumes) a search; returns its summary.
 pub fn optimize(cfg: &RunConfig, opts: &OptimizeOptions) -> Result<Summary, Error> {
     let started = Instant::now();
@@ -364,9 +328,9 @@ pub fn optimize(cfg: &RunConfig, opts: &OptimizeOptions) -> Result<Summary, Erro
     let search_window = tracker.start("search")?;
 
     let multi = (!opts.quiet).then(MultiProgress::new);
-    let observer = EpochBar {
-        multi: multi.clone(),
-        bar: None,
+    let observer: Box<dyn crate::train::TrainObserver> = match &multi {
+        Some(m) => Box::new(EpochBar::new(m.clone(), false)),
+        None => Box::new(crate::train::Quiet),
     };
     let mut objective = match &data {
         Some(data) => {
@@ -379,7 +343,7 @@ pub fn optimize(cfg: &RunConfig, opts: &OptimizeOptions) -> Result<Summary, Erro
                 cfg.objectives.clone(),
                 cfg.fidelity.max_epochs as usize,
                 dir.join("checkpoints"),
-                Box::new(observer),
+                observer,
                 cfg.energy.opcount.clone(),
             )))
         }

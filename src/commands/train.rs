@@ -4,13 +4,14 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::MultiProgress;
 use serde::Serialize;
 
 use crate::config::RunConfig;
 use crate::device::DeviceChoice;
 use crate::energy::{EnergyRecord, EnergyTracker};
 use crate::error::Error;
+use crate::progress::EpochBar;
 use crate::train::{RunOptions, TrainConfig, TrainObserver, TrainReport, TrainStatus, train};
 
 #[derive(Debug, Args)]
@@ -55,40 +56,6 @@ pub struct TrainSummary<'a> {
     pub energy: EnergyRecord,
 }
 
-struct Bars {
-    bar: Option<ProgressBar>,
-}
-
-impl TrainObserver for Bars {
-    fn epoch_start(&mut self, epoch: usize, epochs: usize, batches: usize) {
-        if let Some(old) = self.bar.take() {
-            old.finish();
-        }
-        let bar = ProgressBar::new(batches as u64);
-        let style = ProgressStyle::with_template(
-            "epoch {prefix} [{bar:30}] {pos}/{len} batches  {msg}  ({elapsed}, eta {eta})",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
-        bar.set_style(style);
-        bar.set_prefix(format!("{}/{}", epoch + 1, epochs));
-        self.bar = Some(bar);
-    }
-
-    fn batch_end(&mut self, done: usize, loss: f64, images_per_s: f64) {
-        if let Some(bar) = &self.bar {
-            bar.set_position(done as u64);
-            bar.set_message(format!("loss {loss:.4}  {images_per_s:.1} img/s"));
-        }
-    }
-
-    fn epoch_end(&mut self, _epoch: usize, _train_loss: f64, _valid: Option<f64>) {
-        if let Some(bar) = self.bar.take() {
-            bar.finish();
-        }
-    }
-}
-
 pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
     let mut cfg = RunConfig::load(&args.config, &args.sets)?;
     if let Some(e) = args.epochs {
@@ -111,7 +78,7 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
     if !args.quiet {
         eprintln!("data: {}", data.describe());
     }
-    let mut bars = Bars { bar: None };
+    let mut bars = EpochBar::new(MultiProgress::new(), true);
     let mut quiet = crate::train::Quiet;
     let observer: &mut dyn TrainObserver = if args.quiet || args.json {
         &mut quiet
