@@ -15,9 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::carbon::Carbon;
 use super::config::EnergyConfig;
-use super::estimate::{
-    CpuEstimateMeter, CpuPower, ProcCpuTime, ProcResidentMemory, RamEstimateMeter,
-};
+use super::estimate::{CpuEstimateMeter, CpuPower, ProcResidentMemory, RamEstimateMeter};
 use super::host::HostInfo;
 use super::nvml::NvmlMeter;
 use super::rapl::{DEFAULT_POWERCAP_ROOT, RaplMeter};
@@ -269,7 +267,7 @@ impl EnergyTracker {
         // CPU
         let estimate = |why: Option<String>| -> Result<(Arc<dyn Meter>, String), EnergyError> {
             let power = cpu_power_for(cfg, host.cpu_count);
-            let m = CpuEstimateMeter::new(Box::new(ProcCpuTime::open()?), power.w_per_core)?;
+            let m = CpuEstimateMeter::new(super::estimate::process_cpu_time()?, power.w_per_core)?;
             let mut note = format!(
                 "cpu: estimate from this process's CPU time: {}",
                 describe_cpu_power(&power, &host.cpu_model)
