@@ -1,13 +1,19 @@
 //! The facade of `dsnn-hpo optimize`: builds the search space, the optimizer, the DSNN
 //! objective and the run directory, then runs the ask / evaluate / log / tell loop.
 //!
-//! Resume: the optimizer is rebuilt from the same configuration and seed and the trial log is
-//! replayed through it: each `ask()` that the log answers is told the logged outcome, so the
-//! optimizer reaches the state it had when the run stopped; the first trial the log lacks
-//! (one that was running when the run was killed) is evaluated anew. Each finished trial is
-//! logged before the optimizer is told, so none is lost or repeated.
+//! Trials run on `[search] workers` threads (see [`crate::workers`]); this loop alone asks, logs
+//! and tells, so the optimizer needs no locking.
+//!
+//! Resume: the optimizer is rebuilt from the same configuration and seed, and the run's asks
+//! (`asks.jsonl`: each trial id with the number of outcomes told before it was asked) and
+//! tells (`trials.jsonl`, in finishing order) are replayed in the order they happened, so the
+//! optimizer reaches the state it had when the run stopped, however the workers interleaved.
+//! Trials that were asked but never finished (running at the kill) are evaluated anew. Each
+//! finished trial is logged before the optimizer is told, so none is lost or repeated.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -25,8 +31,9 @@ use crate::opt::pareto::non_dominated;
 use crate::opt::{Ask, Budgets, Outcome, Smbo, SmboSettings, Strategy, Trial};
 use crate::progress::EpochBar;
 use crate::space::SearchSpace;
-use crate::store::{self, Metrics, RunInfo, TrialLine, TrialLog, TrialStatus};
-use crate::trial::{DsnnObjective, Evaluation, dsnn_space, trial_config};
+use crate::store::{self, AskLine, JsonlLog, Metrics, RunInfo, TrialLine, TrialLog, TrialStatus};
+use crate::trial::{DsnnObjective, Evaluation, TrainingEnergy, dsnn_space, trial_config};
+use crate::workers::{CpuShare, ThreadClocks, cpu_threads, worker_device};
 
 /// How the optimize command was asked to run.
 pub struct OptimizeOptions {
@@ -76,13 +83,15 @@ fn fnv1a(text: &str) -> String {
     format!("{h:016x}")
 }
 
-/// The settings a resumed run must share with the original: everything but the stop criteria.
+/// The settings a resumed run must share with the original: everything but the stop criteria
+/// and the number of workers.
 fn meta_hash(cfg: &RunConfig) -> Result<String, Error> {
     let mut c = cfg.clone();
     c.search.trials = 0;
     c.search.wall_time_s = None;
     c.search.energy_budget_kwh = None;
     c.search.emissions_budget_kg = None;
+    c.search.workers = 1;
     Ok(fnv1a(&serde_json::to_string(&c)?))
 }
 
@@ -267,6 +276,172 @@ impl Runner<'_> {
     }
 }
 
+/// What every worker needs to build its objective.
+struct WorkerContext<'a> {
+    cfg: &'a RunConfig,
+    data: Option<&'a LoadedData>,
+    tracker: &'a EnergyTracker,
+    dir: &'a Path,
+    config_path: &'a Path,
+    multi: Option<MultiProgress>,
+    workers: usize,
+    /// `None` for a command objective.
+    device: Option<DeviceChoice>,
+    training_energy: TrainingEnergy,
+}
+
+impl<'a> WorkerContext<'a> {
+    /// Worker `w`'s objective.
+    fn runner(
+        &self,
+        w: usize,
+        share: Option<CpuShare>,
+        observer: Box<dyn crate::train::TrainObserver + 'a>,
+    ) -> Result<Runner<'a>, Error> {
+        match (self.data, self.device) {
+            (Some(data), Some(device)) => {
+                let device = worker_device(device, w, self.workers).device()?;
+                let mut d = DsnnObjective::new(
+                    self.cfg.train.clone(),
+                    data,
+                    device,
+                    self.tracker,
+                    self.cfg.objectives.clone(),
+                    self.cfg.fidelity.max_epochs as usize,
+                    self.dir.join("checkpoints"),
+                    observer,
+                    self.cfg.energy.opcount.clone(),
+                )
+                .with_training_energy(self.training_energy.clone());
+                d.share = share;
+                Ok(Runner::Dsnn(Box::new(d)))
+            }
+            _ => Ok(Runner::Command(command_objective(
+                self.cfg,
+                self.config_path,
+            )?)),
+        }
+    }
+
+    fn on_gpu(&self) -> bool {
+        self.device.is_some_and(DeviceChoice::is_gpu)
+    }
+}
+
+/// A trial a worker finished (or could not run).
+struct Finished {
+    worker: usize,
+    trial: Trial,
+    result: Result<Evaluation, Error>,
+    wall_s: f64,
+}
+
+/// Worker `w`: evaluates the trials it is sent until the sender hangs up. With several workers
+/// on the CPU it runs inside its own rayon pool, so burn's kernels use only its cores.
+fn run_worker(ctx: &WorkerContext<'_>, w: usize, jobs: Receiver<Trial>, done: Sender<Finished>) {
+    let clocks = ThreadClocks::default();
+    let body = move |clocks: ThreadClocks| {
+        let share = if ctx.workers > 1 {
+            match CpuShare::new(clocks) {
+                Ok(s) => Some(s),
+                Err(e) => return fail_first(w, &jobs, &done, e.into()),
+            }
+        } else {
+            None
+        };
+        let observer: Box<dyn crate::train::TrainObserver> = match &ctx.multi {
+            Some(m) => Box::new(EpochBar::new(m.clone(), false)),
+            None => Box::new(crate::train::Quiet),
+        };
+        let mut runner = match ctx.runner(w, share, observer) {
+            Ok(r) => r,
+            Err(e) => return fail_first(w, &jobs, &done, e),
+        };
+        while let Ok(trial) = jobs.recv() {
+            let t0 = Instant::now();
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                runner.evaluate(&trial)
+            }))
+            .unwrap_or_else(|panic| {
+                // A crash inside the training stack is this trial's failure, not the run's.
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                Ok(Evaluation {
+                    outcome: Outcome::Failed {
+                        reason: format!("crashed: {what}"),
+                    },
+                    metrics: None,
+                    energy: Vec::new(),
+                })
+            });
+            let f = Finished {
+                worker: w,
+                trial,
+                result,
+                wall_s: t0.elapsed().as_secs_f64(),
+            };
+            if done.send(f).is_err() {
+                break;
+            }
+        }
+    };
+    if ctx.workers > 1 && !ctx.on_gpu() {
+        let c = clocks.clone();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(cpu_threads(ctx.workers))
+            .thread_name(move |i| format!("worker{w}-{i}"))
+            .start_handler(move |_| c.register_current())
+            .build();
+        match pool {
+            Ok(pool) => pool.install(move || body(clocks)),
+            Err(e) => {
+                let (tx, rx) = (done, jobs);
+                fail_first(w, &rx, &tx, run_err(ctx.dir, format!("worker {w}: {e}")));
+            }
+        }
+    } else {
+        clocks.register_current();
+        body(clocks);
+    }
+}
+
+/// Hands back the first trial a worker that could not start receives, with the reason.
+fn fail_first(w: usize, jobs: &Receiver<Trial>, done: &Sender<Finished>, e: Error) {
+    if let Ok(trial) = jobs.recv() {
+        let _ = done.send(Finished {
+            worker: w,
+            trial,
+            result: Err(e),
+            wall_s: 0.0,
+        });
+    }
+}
+
+/// The stop criterion that is met, if any.
+fn stop_reason(
+    cfg: &RunConfig,
+    started: Instant,
+    energy_kwh: f64,
+    emissions_kg: f64,
+) -> Option<StopReason> {
+    let s = &cfg.search;
+    if s
+        .wall_time_s
+        .is_some_and(|limit| started.elapsed().as_secs_f64() >= limit)
+    {
+        Some(StopReason::WallTime)
+    } else if s.energy_budget_kwh.is_some_and(|b| energy_kwh >= b) {
+        Some(StopReason::EnergyBudget)
+    } else if s.emissions_budget_kg.is_some_and(|b| emissions_kg >= b) {
+        Some(StopReason::EmissionsBudget)
+    } else {
+        None
+    }
+}
+
 fn command_objective(cfg: &RunConfig, source: &Path) -> Result<CommandObjective, Error> {
     let o = &cfg.objective;
     let built = match &o.shell {
@@ -328,92 +503,116 @@ pub fn optimize(cfg: &RunConfig, opts: &OptimizeOptions) -> Result<Summary, Erro
     let search_window = tracker.start("search")?;
 
     let multi = (!opts.quiet).then(MultiProgress::new);
-    let observer: Box<dyn crate::train::TrainObserver> = match &multi {
-        Some(m) => Box::new(EpochBar::new(m.clone(), false)),
-        None => Box::new(crate::train::Quiet),
+    let workers = cfg.search.workers.max(1);
+    let device: Option<DeviceChoice> = if is_dsnn {
+        Some(cfg.device.parse()?)
+    } else {
+        None
     };
-    let mut objective = match &data {
-        Some(data) => {
-            let choice: DeviceChoice = cfg.device.parse()?;
-            Runner::Dsnn(Box::new(DsnnObjective::new(
-                cfg.train.clone(),
-                data,
-                choice.device()?,
-                &tracker,
-                cfg.objectives.clone(),
-                cfg.fidelity.max_epochs as usize,
-                dir.join("checkpoints"),
-                observer,
-                cfg.energy.opcount.clone(),
-            )))
-        }
-        None => Runner::Command(command_objective(cfg, &opts.config_path)?),
+    let ctx = WorkerContext {
+        cfg,
+        data: data.as_ref(),
+        tracker: &tracker,
+        dir,
+        config_path: &opts.config_path,
+        multi: multi.clone(),
+        workers,
+        device,
+        training_energy: TrainingEnergy::default(),
     };
+    // The objective's names and sources, from a runner that evaluates nothing.
+    let probe = ctx.runner(0, None, Box::new(crate::train::Quiet))?;
     let info = RunInfo {
-        objectives: objective.names(),
-        objective_sources: objective.sources(),
+        objectives: probe.names(),
+        objective_sources: probe.sources(),
         default_config,
         meta_hash: hash,
         config_toml: toml::to_string(cfg).unwrap_or_default(),
     };
+    drop(probe);
     store::write_run_info(dir, &info)?;
 
-    // Replay what an earlier run finished.
+    // Replay what an earlier run finished: asks and tells in the order they happened.
     let mut lines = store::read_trials(dir)?;
-    let mut replayed = 0usize;
-    let mut pending: Option<Trial> = None;
+    let mut asks = store::read_asks(dir)?;
+    if asks.is_empty() {
+        // A log written one trial at a time: trial k was asked after k tells.
+        asks = lines
+            .iter()
+            .enumerate()
+            .map(|(told, l)| AskLine { id: l.id, told })
+            .collect();
+    }
+    let mut asked: BTreeMap<u64, Trial> = BTreeMap::new();
+    let (mut told, mut next_ask) = (0usize, 0usize);
     let (mut energy_kwh, mut emissions_kg) = (0.0f64, 0.0f64);
-    while replayed < lines.len() {
-        match smbo.ask() {
-            Ask::Trial(t) => {
-                let Some(line) = lines.iter().find(|l| l.id == t.id) else {
-                    pending = Some(t);
-                    break;
-                };
-                if line.config != t.config || line.budget != t.budget {
-                    return Err(run_err(
-                        dir,
-                        format!(
-                            "trial {} in trials.jsonl does not match what the optimizer asks on replay; the log belongs to another configuration or version",
-                            t.id
-                        ),
-                    ));
+    let mismatch = |what: String| {
+        run_err(
+            dir,
+            format!("{what}; the log belongs to another configuration or version"),
+        )
+    };
+    loop {
+        if let Some(a) = asks.get(next_ask).filter(|a| a.told <= told) {
+            match smbo.ask() {
+                Ask::Trial(t) if t.id == a.id => {
+                    asked.insert(t.id, t);
+                    next_ask += 1;
                 }
-                let train = line.energy.iter().find(|r| r.phase == "train");
-                if let Some(r) = train {
-                    let (pk, pg) = line
-                        .continued_from
-                        .and_then(|p| lines.iter().find(|l| l.id == p))
-                        .and_then(|l| l.energy.iter().find(|r| r.phase == "train"))
-                        .map_or((0.0, 0.0), |r| (r.energy_kwh, r.emissions_kg));
-                    if let Runner::Dsnn(d) = &mut objective {
-                        d.restore_training_energy(t.id, r.energy_kwh + pk, r.emissions_kg + pg);
-                    }
+                _ => {
+                    return Err(mismatch(format!(
+                        "asks.jsonl: trial {} is not what the optimizer asks on replay",
+                        a.id
+                    )));
                 }
-                for r in &line.energy {
-                    if r.phase != "inference" || !r.cpu.source.to_string().contains("opcount") {
-                        energy_kwh += r.energy_kwh;
-                        emissions_kg += r.emissions_kg;
-                    }
-                }
-                smbo.tell(t.id, outcome_of(line))
-                    .map_err(|e| run_err(dir, e.to_string()))?;
-                replayed += 1;
             }
-            Ask::Wait | Ask::Done => break,
+        } else if let Some(line) = lines.get(told) {
+            let Some(t) = asked.remove(&line.id) else {
+                return Err(mismatch(format!(
+                    "trials.jsonl: trial {} finished but was never asked",
+                    line.id
+                )));
+            };
+            if line.config != t.config || line.budget != t.budget {
+                return Err(mismatch(format!(
+                    "trial {} in trials.jsonl does not match what the optimizer asks on replay",
+                    t.id
+                )));
+            }
+            if let Some(r) = line.energy.iter().find(|r| r.phase == "train") {
+                let (pk, pg) = line
+                    .continued_from
+                    .and_then(|p| lines.iter().find(|l| l.id == p))
+                    .and_then(|l| l.energy.iter().find(|r| r.phase == "train"))
+                    .map_or((0.0, 0.0), |r| (r.energy_kwh, r.emissions_kg));
+                if let Ok(mut m) = ctx.training_energy.lock() {
+                    m.insert(t.id, (r.energy_kwh + pk, r.emissions_kg + pg));
+                }
+            }
+            for r in &line.energy {
+                if r.cpu.source.to_string() != "opcount" {
+                    energy_kwh += r.energy_kwh;
+                    emissions_kg += r.emissions_kg;
+                }
+            }
+            smbo.tell(t.id, outcome_of(line))
+                .map_err(|e| run_err(dir, e.to_string()))?;
+            told += 1;
+        } else {
+            break;
         }
     }
-    if replayed < lines.len() {
-        return Err(run_err(
-            dir,
-            format!(
-                "trials.jsonl has {} trials but only {replayed} replay: the log belongs to another configuration",
-                lines.len()
-            ),
-        ));
+    if next_ask < asks.len() {
+        return Err(mismatch(format!(
+            "asks.jsonl has {} asks but only {next_ask} replay",
+            asks.len()
+        )));
     }
+    // Trials that were running when the run stopped: evaluated again, first.
+    let mut queue: VecDeque<Trial> = asked.into_values().collect();
 
     let mut log = TrialLog::open(dir)?;
+    let mut ask_log = JsonlLog::open_asks(dir)?;
     let mut csv = CsvSink::open(
         &dir.join("emissions.csv"),
         crate::energy::RunInfo {
@@ -434,95 +633,124 @@ pub fn optimize(cfg: &RunConfig, opts: &OptimizeOptions) -> Result<Summary, Erro
         bar
     });
     let mut stop = StopReason::TrialsDone;
-    loop {
-        if cfg
-            .search
-            .wall_time_s
-            .is_some_and(|limit| started.elapsed().as_secs_f64() >= limit)
-        {
-            stop = StopReason::WallTime;
-            break;
+    let mut fatal: Option<Error> = None;
+    let (done_tx, done_rx) = mpsc::channel::<Finished>();
+    std::thread::scope(|s| -> Result<(), Error> {
+        let mut jobs = Vec::with_capacity(workers);
+        for w in 0..workers {
+            let (tx, rx) = mpsc::channel::<Trial>();
+            jobs.push(tx);
+            let done = done_tx.clone();
+            let ctx = &ctx;
+            s.spawn(move || run_worker(ctx, w, rx, done));
         }
-        if cfg
-            .search
-            .energy_budget_kwh
-            .is_some_and(|b| energy_kwh >= b)
-        {
-            stop = StopReason::EnergyBudget;
-            break;
-        }
-        if cfg
-            .search
-            .emissions_budget_kg
-            .is_some_and(|b| emissions_kg >= b)
-        {
-            stop = StopReason::EmissionsBudget;
-            break;
-        }
-        let trial = match pending.take() {
-            Some(t) => t,
-            None => match smbo.ask() {
-                Ask::Trial(t) => t,
-                Ask::Wait | Ask::Done => break,
-            },
-        };
-        if let Some(bar) = &main_bar {
-            bar.set_message(format!(
-                "trial {} ({} epochs{})",
-                trial.id,
-                trial.epochs(),
-                trial
-                    .continues
-                    .map(|p| format!(", continues {p}"))
-                    .unwrap_or_default()
-            ));
-        }
-        let t0 = Instant::now();
-        let Evaluation {
-            outcome,
-            metrics,
-            energy,
-        } = objective.evaluate(&trial)?;
-        let outcome = match outcome {
-            Outcome::Success { objectives } if objectives.iter().any(|v| !v.is_finite()) => {
-                Outcome::Failed {
-                    reason: format!("objective values {objectives:?} are not finite"),
+        drop(done_tx);
+        let mut idle: Vec<usize> = (0..workers).rev().collect();
+        let mut running: BTreeMap<u64, String> = BTreeMap::new();
+        let mut stopping = false;
+        loop {
+            while !stopping && !idle.is_empty() {
+                if let Some(reason) = stop_reason(cfg, started, energy_kwh, emissions_kg) {
+                    stop = reason;
+                    stopping = true;
+                    break;
+                }
+                let trial = match queue.pop_front() {
+                    Some(t) => t,
+                    None => match smbo.ask() {
+                        Ask::Trial(t) => {
+                            ask_log.append(&AskLine {
+                                id: t.id,
+                                told: lines.len(),
+                            })?;
+                            t
+                        }
+                        Ask::Wait => break,
+                        Ask::Done => {
+                            stopping = true;
+                            break;
+                        }
+                    },
+                };
+                let label = format!(
+                    "{} ({} ep{})",
+                    trial.id,
+                    trial.epochs(),
+                    trial
+                        .continues
+                        .map(|p| format!(" from {p}"))
+                        .unwrap_or_default()
+                );
+                let Some(w) = idle.pop() else { break };
+                let id = trial.id;
+                if jobs[w].send(trial).is_err() {
+                    fatal.get_or_insert_with(|| run_err(dir, format!("worker {w} stopped")));
+                    stopping = true;
+                    break;
+                }
+                running.insert(id, label);
+            }
+            if let Some(bar) = &main_bar {
+                let front = front_of(&lines);
+                bar.set_message(format!(
+                    "running {}  front {}  HV {:.3}  energy {:.2e} kWh",
+                    running.values().cloned().collect::<Vec<_>>().join(", "),
+                    front.len(),
+                    normalised_hypervolume(&lines, &front),
+                    energy_kwh
+                ));
+            }
+            if running.is_empty() {
+                break;
+            }
+            let Ok(f) = done_rx.recv() else { break };
+            idle.push(f.worker);
+            running.remove(&f.trial.id);
+            let Evaluation {
+                outcome,
+                metrics,
+                energy,
+            } = match f.result {
+                Ok(e) => e,
+                Err(e) => {
+                    // The run cannot go on (I/O, meters); finish what is running, then stop.
+                    fatal.get_or_insert(e);
+                    stopping = true;
+                    continue;
+                }
+            };
+            let outcome = match outcome {
+                Outcome::Success { objectives } if objectives.iter().any(|v| !v.is_finite()) => {
+                    Outcome::Failed {
+                        reason: format!("objective values {objectives:?} are not finite"),
+                    }
+                }
+                o => o,
+            };
+            for r in &energy {
+                csv.append(r)?;
+                if r.cpu.source.to_string() != "opcount" {
+                    energy_kwh += r.energy_kwh;
+                    emissions_kg += r.emissions_kg;
                 }
             }
-            o => o,
-        };
-        for r in &energy {
-            csv.append(r)?;
-            if r.cpu.source.to_string() != "opcount" {
-                energy_kwh += r.energy_kwh;
-                emissions_kg += r.emissions_kg;
+            let line = line_of(&f.trial, &outcome, metrics, energy, f.wall_s);
+            log.append(&line)?;
+            if let (Some(reason), Some(m)) = (&line.reason, &multi) {
+                let _ = m.println(format!("trial {} failed: {reason}", f.trial.id));
+            }
+            lines.push(line);
+            smbo.tell(f.trial.id, outcome)
+                .map_err(|e| run_err(dir, e.to_string()))?;
+            write_front(dir, &info, &lines)?;
+            if let Some(bar) = &main_bar {
+                bar.set_position(lines.len() as u64);
             }
         }
-        let line = line_of(
-            &trial,
-            &outcome,
-            metrics,
-            energy,
-            t0.elapsed().as_secs_f64(),
-        );
-        log.append(&line)?;
-        if let (Some(reason), Some(m)) = (&line.reason, &multi) {
-            let _ = m.println(format!("trial {} failed: {reason}", trial.id));
-        }
-        lines.push(line);
-        smbo.tell(trial.id, outcome)
-            .map_err(|e| run_err(dir, e.to_string()))?;
-        write_front(dir, &info, &lines)?;
-        if let Some(bar) = &main_bar {
-            let front = front_of(&lines);
-            bar.set_position(lines.len() as u64);
-            bar.set_message(format!(
-                "front {}  HV {:.3}  energy {:.2e} kWh",
-                front.len(),
-                normalised_hypervolume(&lines, &front),
-                energy_kwh
-            ));
-        }
+        Ok(())
+    })?;
+    if let Some(e) = fatal {
+        return Err(e);
     }
     if let Some(bar) = main_bar {
         bar.finish();

@@ -60,6 +60,10 @@ pub struct SearchConfig {
     /// Share of model-phase proposals drawn at random instead.
     #[serde(default = "d_random_fraction")]
     pub random_fraction: f64,
+    /// Trials evaluated at once: on the CPU the cores are divided between them, on GPUs each
+    /// takes its own device.
+    #[serde(default = "d_workers")]
+    pub workers: usize,
 }
 
 impl Default for SearchConfig {
@@ -73,8 +77,13 @@ impl Default for SearchConfig {
             strategy: d_strategy(),
             initial_design: None,
             random_fraction: d_random_fraction(),
+            workers: d_workers(),
         }
     }
+}
+
+fn d_workers() -> usize {
+    1
 }
 
 fn d_trials() -> usize {
@@ -344,6 +353,11 @@ impl RunConfig {
         if s.trials == 0 {
             return Err(fail(
                 "[search] trials = 0: expected a positive integer".into(),
+            ));
+        }
+        if s.workers == 0 {
+            return Err(fail(
+                "[search] workers = 0: expected a positive integer (trials evaluated at once)".into(),
             ));
         }
         if s.strategy != "parego" && s.strategy != "random" {

@@ -27,6 +27,8 @@ pub mod progress;
 pub mod train;
 #[cfg(feature = "dsnn")]
 pub mod trial;
+#[cfg(feature = "dsnn")]
+pub mod workers;
 
 pub mod cli;
 pub mod commands;

@@ -10,6 +10,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::energy::EnergyRecord;
@@ -17,6 +18,8 @@ use crate::space::Config;
 
 pub const TRIALS: &str = "trials.jsonl";
 pub const RUN: &str = "run.json";
+/// The order of asks among tells, so a resume replays concurrent trials (`--workers`) exactly.
+pub const ASKS: &str = "asks.jsonl";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -141,14 +144,29 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     fs::rename(&tmp, path).map_err(|e| io(path, e))
 }
 
+/// One `ask()` of the optimizer: trial `id` was asked after `told` outcomes had been told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AskLine {
+    pub id: u64,
+    pub told: usize,
+}
+
 /// Reads every complete line of `dir/trials.jsonl`. A last line without its newline is a write
 /// that a kill interrupted: it is skipped. Any other unreadable line is an error.
 pub fn read_trials(dir: &Path) -> Result<Vec<TrialLine>, StoreError> {
-    let path = dir.join(TRIALS);
-    let file = match File::open(&path) {
+    read_jsonl(&dir.join(TRIALS))
+}
+
+/// Reads `dir/asks.jsonl` as [`read_trials`] reads the trial log.
+pub fn read_asks(dir: &Path) -> Result<Vec<AskLine>, StoreError> {
+    read_jsonl(&dir.join(ASKS))
+}
+
+fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, StoreError> {
+    let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io(&path, e)),
+        Err(e) => return Err(io(path, e)),
     };
     let mut out = Vec::new();
     let mut reader = BufReader::new(file);
@@ -156,7 +174,7 @@ pub fn read_trials(dir: &Path) -> Result<Vec<TrialLine>, StoreError> {
     let mut n = 0;
     loop {
         line.clear();
-        let read = reader.read_line(&mut line).map_err(|e| io(&path, e))?;
+        let read = reader.read_line(&mut line).map_err(|e| io(path, e))?;
         if read == 0 {
             break;
         }
@@ -168,8 +186,8 @@ pub fn read_trials(dir: &Path) -> Result<Vec<TrialLine>, StoreError> {
         if trimmed.is_empty() {
             continue;
         }
-        let t: TrialLine = serde_json::from_str(trimmed).map_err(|e| StoreError::Corrupt {
-            path: path.clone(),
+        let t: T = serde_json::from_str(trimmed).map_err(|e| StoreError::Corrupt {
+            path: path.to_path_buf(),
             line: n,
             message: e.to_string(),
         })?;
@@ -178,16 +196,27 @@ pub fn read_trials(dir: &Path) -> Result<Vec<TrialLine>, StoreError> {
     Ok(out)
 }
 
-/// The append end of the log.
-pub struct TrialLog {
+/// The append end of a JSON-lines log.
+pub struct JsonlLog {
     path: PathBuf,
     file: File,
 }
 
-impl TrialLog {
+/// The append end of `trials.jsonl`.
+pub type TrialLog = JsonlLog;
+
+impl JsonlLog {
     /// Opens (or creates) `dir/trials.jsonl` for appending, first cutting off a torn last line.
-    pub fn open(dir: &Path) -> Result<TrialLog, StoreError> {
-        let path = dir.join(TRIALS);
+    pub fn open(dir: &Path) -> Result<JsonlLog, StoreError> {
+        JsonlLog::open_path(dir.join(TRIALS))
+    }
+
+    /// Opens (or creates) `dir/asks.jsonl` likewise.
+    pub fn open_asks(dir: &Path) -> Result<JsonlLog, StoreError> {
+        JsonlLog::open_path(dir.join(ASKS))
+    }
+
+    fn open_path(path: PathBuf) -> Result<JsonlLog, StoreError> {
         if let Ok(bytes) = fs::read(&path)
             && !bytes.is_empty()
             && bytes.last() != Some(&b'\n')
@@ -205,11 +234,11 @@ impl TrialLog {
             .append(true)
             .open(&path)
             .map_err(|e| io(&path, e))?;
-        Ok(TrialLog { path, file })
+        Ok(JsonlLog { path, file })
     }
 
-    /// Appends one trial; durable when this returns.
-    pub fn append(&mut self, t: &TrialLine) -> Result<(), StoreError> {
+    /// Appends one line; durable when this returns.
+    pub fn append<T: Serialize>(&mut self, t: &T) -> Result<(), StoreError> {
         let mut text = serde_json::to_string(t).map_err(|e| io(&self.path, e))?;
         text.push('\n');
         self.file

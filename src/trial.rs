@@ -3,16 +3,18 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use burn::tensor::Device;
 
 use crate::config::{EnergyModel, EnergyPhase, EnergyUnit, LossObjective, ObjectivesConfig};
 use crate::data::LoadedData;
-use crate::energy::{EnergyRecord, EnergyTracker, opcount};
+use crate::energy::{EnergyRecord, EnergyTracker, Window, opcount};
 use crate::opt::{Outcome, Trial};
 use crate::space::{Config, ParamSpec, SearchSpace, SpaceError};
 use crate::store::Metrics;
 use crate::train::{RunOptions, TrainConfig, TrainObserver, TrainStatus, evaluate, train_network};
+use crate::workers::{CpuShare, ShareMark};
 
 /// One evaluated trial with what the log keeps besides the objectives.
 #[derive(Debug, Clone)]
@@ -126,9 +128,15 @@ pub struct DsnnObjective<'a> {
     pub observer: Box<dyn TrainObserver + 'a>,
     /// Per-operation energies of the op-count model.
     pub opcount: crate::energy::OpEnergies,
-    /// Training energy (kWh, kg) of each trial so far, counting the states it continued from.
-    training_energy: HashMap<u64, (f64, f64)>,
+    /// Training energy (kWh, kg) of each trial so far, counting the states it continued from;
+    /// shared between workers, since a promoted trial may run on another worker.
+    training_energy: TrainingEnergy,
+    /// Set when other workers share the machine: windows are attributed by CPU time.
+    pub share: Option<CpuShare>,
 }
+
+/// Training energy (kWh, kg CO2-eq) per trial id.
+pub type TrainingEnergy = Arc<Mutex<HashMap<u64, (f64, f64)>>>;
 
 impl<'a> DsnnObjective<'a> {
     #[allow(clippy::too_many_arguments)]
@@ -153,8 +161,28 @@ impl<'a> DsnnObjective<'a> {
             checkpoints,
             observer,
             opcount,
-            training_energy: HashMap::new(),
+            training_energy: TrainingEnergy::default(),
+            share: None,
         }
+    }
+
+    /// Shares the per-trial training energy with other workers' objectives.
+    pub fn with_training_energy(mut self, shared: TrainingEnergy) -> Self {
+        self.training_energy = shared;
+        self
+    }
+
+    fn start(&self, phase: &str) -> Result<(Window, Option<ShareMark>), TrialError> {
+        let mark = self.share.as_ref().map(CpuShare::mark).transpose()?;
+        Ok((self.tracker.start(phase)?, mark))
+    }
+
+    fn stop(&self, (w, mark): (Window, Option<ShareMark>)) -> Result<EnergyRecord, TrialError> {
+        let rec = self.tracker.stop(w)?;
+        Ok(match (&self.share, mark) {
+            (Some(share), Some(mark)) => share.attribute(rec, &mark)?,
+            _ => rec,
+        })
     }
 
     pub fn objective_names(&self) -> Vec<String> {
@@ -195,7 +223,9 @@ impl<'a> DsnnObjective<'a> {
 
     /// Remembers the training energy of trials finished before a resume.
     pub fn restore_training_energy(&mut self, id: u64, kwh: f64, kg: f64) {
-        self.training_energy.insert(id, (kwh, kg));
+        if let Ok(mut map) = self.training_energy.lock() {
+            map.insert(id, (kwh, kg));
+        }
     }
 
     fn in_unit(&self, kwh: f64, kg: f64) -> f64 {
@@ -220,7 +250,7 @@ impl<'a> DsnnObjective<'a> {
             save_to: save.as_deref(),
             evaluate_test: false,
         };
-        let window = self.tracker.start("train")?;
+        let window = self.start("train")?;
         let result = train_network(
             &cfg,
             self.data,
@@ -229,7 +259,7 @@ impl<'a> DsnnObjective<'a> {
             &opts,
             self.observer.as_mut(),
         );
-        let train_energy = self.tracker.stop(window)?;
+        let train_energy = self.stop(window)?;
         let (report, model) = match result {
             Ok(r) => r,
             // A configuration that cannot train (e.g. a network too deep for the input) is a
@@ -246,12 +276,19 @@ impl<'a> DsnnObjective<'a> {
         };
         // The state this trial continued from already paid for its epochs.
         let (prev_kwh, prev_kg) = match (resume.is_some(), trial.continues) {
-            (true, Some(p)) => self.training_energy.get(&p).copied().unwrap_or((0.0, 0.0)),
+            (true, Some(p)) => self
+                .training_energy
+                .lock()
+                .ok()
+                .and_then(|m| m.get(&p).copied())
+                .unwrap_or((0.0, 0.0)),
             _ => (0.0, 0.0),
         };
         let train_kwh = prev_kwh + train_energy.energy_kwh;
         let train_kg = prev_kg + train_energy.emissions_kg;
-        self.training_energy.insert(trial.id, (train_kwh, train_kg));
+        if let Ok(mut map) = self.training_energy.lock() {
+            map.insert(trial.id, (train_kwh, train_kg));
+        }
         let mut energy = vec![train_energy];
         let metrics = Metrics {
             valid_accuracy: report.valid_accuracy,
@@ -274,9 +311,9 @@ impl<'a> DsnnObjective<'a> {
         };
         let (inf_kwh, inf_kg) = match self.objectives.energy_model {
             EnergyModel::Measured if self.objectives.energy != EnergyPhase::Training => {
-                let w = self.tracker.start("inference")?;
+                let w = self.start("inference")?;
                 evaluate(&model, &self.data.valid, self.data, 256, &self.device)?;
-                let rec = self.tracker.stop(w)?;
+                let rec = self.stop(w)?;
                 let out = (rec.energy_kwh, rec.emissions_kg);
                 energy.push(rec);
                 out

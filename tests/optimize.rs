@@ -282,3 +282,78 @@ fn a_command_objective_is_optimized_and_its_failures_logged() {
         trials[0].reason
     );
 }
+
+/// Ids of `dir`'s finished trials, in log order.
+fn ids(dir: &Path) -> Vec<u64> {
+    read_trials(dir).unwrap().iter().map(|t| t.id).collect()
+}
+
+#[test]
+fn two_workers_finish_every_trial_once_and_a_killed_parallel_run_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), TINY);
+    let cfg_s = cfg.to_str().unwrap();
+    let dir = tmp.path().join("par");
+    let mut child = bin()
+        .args([
+            "optimize",
+            "--config",
+            cfg_s,
+            "--run-dir",
+            dir.to_str().unwrap(),
+            "--workers",
+            "2",
+            "--quiet",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        if ids(&dir).len() >= 2 || start.elapsed() > Duration::from_secs(120) {
+            break;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let before = ids(&dir);
+    assert!(before.len() >= 2, "killed after {before:?}");
+    let asks = std::fs::read_to_string(dir.join("asks.jsonl")).unwrap();
+    assert!(asks.lines().count() >= before.len(), "{asks}");
+
+    // Resume with one worker: the replay follows the recorded interleaving.
+    let o = run(&[
+        "optimize",
+        "--resume",
+        dir.to_str().unwrap(),
+        "--workers",
+        "1",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut got = ids(&dir);
+    assert_eq!(&got[..before.len()], &before[..], "finished trials were rewritten");
+    got.sort_unstable();
+    assert_eq!(got, (0..7).collect::<Vec<u64>>(), "each trial exactly once");
+    let trials = read_trials(&dir).unwrap();
+    assert!(trials.iter().all(|t| t.status == TrialStatus::Success));
+    // Every promoted trial continued a trial that had finished before it was asked.
+    for t in &trials {
+        if let Some(p) = t.continued_from {
+            let parent = trials.iter().find(|x| x.id == p).unwrap();
+            assert!(parent.budget < t.budget, "{p} -> {}", t.id);
+        }
+    }
+    let asks: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("asks.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let asked: Vec<u64> = asks.iter().map(|a| a["id"].as_u64().unwrap()).collect();
+    assert_eq!(asked, (0..7).collect::<Vec<u64>>());
+}

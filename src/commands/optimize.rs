@@ -25,6 +25,10 @@ pub struct OptimizeArgs {
     /// Continue a run that was stopped or killed; its configuration is read from the run.
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
+    /// Trials evaluated at once (overrides `[search] workers`): on the CPU the cores are
+    /// divided between them, on GPUs each takes the next device index.
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
     /// No progress display.
     #[arg(long)]
     pub quiet: bool,
@@ -66,6 +70,17 @@ pub fn run(args: &OptimizeArgs, out: &mut dyn Write) -> Result<(), Error> {
             });
         }
     };
+    let mut cfg = cfg;
+    if let Some(n) = args.workers {
+        if n == 0 {
+            return Err(Error::Flag {
+                flag: "--workers",
+                value: n.to_string(),
+                expected: "a positive number of trials to evaluate at once",
+            });
+        }
+        cfg.search.workers = n;
+    }
     let summary = optimize(
         &cfg,
         &OptimizeOptions {

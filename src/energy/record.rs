@@ -74,6 +74,11 @@ pub struct EnergyRecord {
     pub gpu_models: Vec<String>,
     /// Total RAM of the machine, GiB.
     pub ram_total_gib: f64,
+    /// When trials ran concurrently (`--workers`), the share of the window's measured energy
+    /// given to this record: the trial's CPU time over the process's in the window. Absent
+    /// when the window had the process to itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<f64>,
 }
 
 impl EnergyRecord {
@@ -115,6 +120,30 @@ impl EnergyRecord {
             cpu_count: host.cpu_count,
             gpu_models: host.gpu_models.clone(),
             ram_total_gib: host.ram_total_gib,
+            share: None,
+        }
+    }
+
+    /// This record scaled to `share` (0..=1) of its energy and emissions, as attributed to one
+    /// of several trials that shared the machine during the window.
+    pub fn scaled(&self, share: f64) -> EnergyRecord {
+        let share = share.clamp(0.0, 1.0);
+        let part = |c: &ComponentEnergy| ComponentEnergy {
+            energy_j: c.energy_j * share,
+            energy_kwh: c.energy_kwh * share,
+            power_w: c.power_w * share,
+            ..c.clone()
+        };
+        EnergyRecord {
+            cpu: part(&self.cpu),
+            gpu: part(&self.gpu),
+            ram: part(&self.ram),
+            energy_j: self.energy_j * share,
+            energy_kwh: self.energy_kwh * share,
+            emissions_kg: self.emissions_kg * share,
+            emissions_rate_kg_per_s: self.emissions_rate_kg_per_s * share,
+            share: Some(share),
+            ..self.clone()
         }
     }
 }
