@@ -224,7 +224,7 @@ fn table_is_sorted_by_loss_marks_the_default_and_states_the_improvements() {
     );
     assert!(!lines[header + 1].contains("default"));
     assert!(
-        lines[header + 3].contains("rapl+nvml+estimate"),
+        lines[header + 3].contains("rapl+estimate+nvml"),
         "{}",
         lines[header + 3]
     );

@@ -119,7 +119,7 @@ mod tests {
             wall_s: 1.0,
             finished_unix_s: 0.0,
         };
-        write_front(dir.path(), &info, &[line.clone()]).unwrap();
+        write_front(dir.path(), &info, std::slice::from_ref(&line)).unwrap();
         let mut r = csv::Reader::from_path(dir.path().join("front.csv")).unwrap();
         let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
         assert_eq!(

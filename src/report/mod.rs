@@ -243,14 +243,50 @@ impl Report {
     }
 }
 
+/// A short number for configuration values and axis ticks: at most four significant digits,
+/// trailing zeros dropped (`0.01`, `2.5e-6`, `128`).
+pub fn fmt_short(v: f64) -> String {
+    let s = fmt_value(v);
+    match s.split_once('e') {
+        Some((m, e)) if m.contains('.') => {
+            format!("{}e{e}", m.trim_end_matches('0').trim_end_matches('.'))
+        }
+        Some(_) => s,
+        None if s.contains('.') => s.trim_end_matches('0').trim_end_matches('.').to_string(),
+        None => s,
+    }
+}
+
 /// A number for people: four significant digits, scientific outside [1e-3, 1e5).
 pub fn fmt_value(v: f64) -> String {
     let a = v.abs();
-    if v == 0.0 || (1e-3..1e5).contains(&a) {
+    if v == 0.0 {
+        "0.0000".into()
+    } else if (1e-3..1e5).contains(&a) {
+        // a >= 1e-3, so the exponent is small and the subtraction cannot overflow.
         let digits = (3 - a.log10().floor() as i32).clamp(0, 6) as usize;
-        let digits = if v == 0.0 { 4 } else { digits };
         format!("{v:.digits$}")
     } else {
         format!("{v:.3e}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_print_short_and_readable() {
+        assert_eq!(fmt_value(0.2), "0.2000");
+        assert_eq!(fmt_value(2.5e-6), "2.500e-6");
+        assert_eq!(fmt_short(0.01), "0.01");
+        assert_eq!(fmt_short(2.5e-6), "2.5e-6");
+        assert_eq!(fmt_short(1e-6), "1e-6");
+        assert_eq!(fmt_short(128.0), "128");
+        assert_eq!(fmt_short(0.0), "0");
+        assert_eq!(fmt_short(-0.125), "-0.125");
+        assert_eq!(fmt_short(123456.0), "1.235e5");
+        assert_eq!(fmt_value(f64::NAN), "NaN");
+        assert_eq!(fmt_value(f64::INFINITY), "inf");
     }
 }

@@ -13,7 +13,7 @@ use plotters::coord::Shift;
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
 
-use super::{Report, ReportError, fmt_value};
+use super::{Report, ReportError, fmt_short};
 
 pub const TRIAL_RADIUS: u32 = 4;
 pub const FRONT_RADIUS: u32 = 7;
@@ -47,8 +47,10 @@ impl Axis {
         } else {
             let pad = if hi > lo {
                 (hi - lo) * 0.06
+            } else if lo != 0.0 {
+                lo.abs() * 0.1
             } else {
-                lo.abs().max(1.0) * 0.1
+                1.0
             };
             (lo - pad, hi + pad)
         };
@@ -107,7 +109,7 @@ pub fn render(report: &Report) -> Result<String, Failure> {
     } else {
         vec![(0, 0)]
     };
-    let footer_lines = n as u32 + 3;
+    let footer_lines = n as u32 + 4;
     let width = PANEL_W * pairs.len() as u32;
     let height = PANEL_H + FOOTER_LINE * footer_lines + 10;
     let mut svg = String::new();
@@ -150,29 +152,26 @@ fn draw_footer(report: &Report, area: &DrawingArea<SVGBackend, Shift>) -> Result
     let mut meters: Vec<String> = Vec::new();
     for r in &report.rows {
         let s = r.sources_short();
-        if !meters.contains(&s) {
+        if s != "-" && !meters.contains(&s) {
             meters.push(s);
         }
     }
     lines.push(format!(
         "energy meters of the front's trials: {}",
-        meters.join(", ")
+        if meters.is_empty() {
+            "no energy records".to_string()
+        } else {
+            meters.join(", ")
+        }
     ));
-    let shown = report.points.len();
-    let mut line = format!(
-        "{}: {} successful trials shown (circles, darker = higher budget), front of {} (red rings)",
+    lines.push(format!(
+        "{}: {} successful trials (circles, darker = higher budget), front of {} (red rings); failed trials, not drawn: {}",
         report.run_dir,
-        shown,
-        report.front_len()
-    );
-    if report.failed > 0 {
-        line.push_str(&format!(
-            "; {} failed trials have no objective values",
-            report.failed
-        ));
-    }
-    line.push_str(&format!("; default: {}", report.default.note));
-    lines.push(line);
+        report.points.len(),
+        report.front_len(),
+        report.failed
+    ));
+    lines.push(format!("default (black triangle): {}", report.default.note));
     for (i, l) in lines.iter().enumerate() {
         area.draw(&Text::new(
             l.clone(),
@@ -213,7 +212,7 @@ where
         .y_label_area_size(84)
         .build_cartesian_2d(x_range, y_range)
         .map_err(fail)?;
-    let label = |v: &f64| fmt_value(*v);
+    let label = |v: &f64| fmt_short(*v);
     chart
         .configure_mesh()
         .x_desc(x.label.clone())

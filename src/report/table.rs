@@ -4,13 +4,13 @@
 use std::io::Write;
 
 use super::baseline::fmt_budget;
-use super::{Report, fmt_value};
+use super::{Report, fmt_short, fmt_value};
 
 /// Writes the report for people.
 pub fn write_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(
         out,
-        "Pareto front of {}: {} of {} configurations ({} trials, {} failed); hypervolume {:.4} (normalised, reference 1.1)",
+        "Pareto front of {}: {} of {} configurations ({} trials, {} failed); hypervolume {:.4} (objectives min-max normalised, reference point 1.1 each)",
         report.run_dir,
         report.front_len(),
         report.configurations,
@@ -31,7 +31,7 @@ pub fn write_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> 
         let mut row = vec![r.id.to_string(), fmt_budget(r.budget)];
         for p in &report.parameters {
             row.push(match r.config.get(p) {
-                Some(crate::space::Value::Float(x)) => fmt_value(*x),
+                Some(crate::space::Value::Float(x)) => fmt_short(*x),
                 Some(v) => v.to_string(),
                 None => "-".into(),
             });
