@@ -26,10 +26,10 @@ use crate::energy::{CsvSink, EnergyTracker};
 use crate::error::Error;
 use crate::eval::Evaluator;
 use crate::eval::command::CommandObjective;
-use crate::opt::hypervolume::hypervolume;
-use crate::opt::pareto::non_dominated;
 use crate::opt::{Ask, Budgets, Outcome, Smbo, SmboSettings, Strategy, Trial};
 use crate::progress::EpochBar;
+use crate::report::export::write_front;
+use crate::report::{front_of, normalised_hypervolume};
 use crate::space::SearchSpace;
 use crate::store::{self, AskLine, JsonlLog, Metrics, RunInfo, TrialLine, TrialLog, TrialStatus};
 use crate::trial::{DsnnObjective, Evaluation, TrainingEnergy, dsnn_space, trial_config};
@@ -156,84 +156,6 @@ fn build_optimizer(cfg: &RunConfig, space: SearchSpace, source: &Path) -> Result
     settings.initial_design = cfg.search.initial_design;
     settings.random_fraction = cfg.search.random_fraction;
     Smbo::new(space, settings).map_err(|e| run_err(source, e.to_string()))
-}
-
-/// Successful trials that are non-dominated, each configuration at the highest budget it
-/// reached (a configuration evaluated at 1, 3 and 9 epochs counts once, at 9).
-pub fn front_of(lines: &[TrialLine]) -> Vec<&TrialLine> {
-    let mut best: Vec<&TrialLine> = Vec::new();
-    for t in lines.iter().filter(|t| t.status == TrialStatus::Success) {
-        match best.iter_mut().find(|b| b.config == t.config) {
-            Some(b) if b.budget < t.budget => *b = t,
-            Some(_) => {}
-            None => best.push(t),
-        }
-    }
-    let points: Vec<Vec<f64>> = best.iter().map(|t| t.objectives.clone()).collect();
-    non_dominated(&points)
-        .into_iter()
-        .map(|i| best[i])
-        .collect()
-}
-
-/// Hypervolume of `front`, objectives min-max normalised over every successful trial.
-pub fn normalised_hypervolume(lines: &[TrialLine], front: &[&TrialLine]) -> f64 {
-    let ok: Vec<&TrialLine> = lines
-        .iter()
-        .filter(|t| t.status == TrialStatus::Success)
-        .collect();
-    let Some(first) = ok.first() else {
-        return 0.0;
-    };
-    let d = first.objectives.len();
-    let (mut lo, mut hi) = (vec![f64::INFINITY; d], vec![f64::NEG_INFINITY; d]);
-    for t in &ok {
-        for (j, v) in t.objectives.iter().enumerate().take(d) {
-            lo[j] = lo[j].min(*v);
-            hi[j] = hi[j].max(*v);
-        }
-    }
-    let scaled: Vec<Vec<f64>> = front
-        .iter()
-        .map(|t| {
-            (0..d)
-                .map(|j| {
-                    let span = hi[j] - lo[j];
-                    if span > 0.0 {
-                        (t.objectives[j] - lo[j]) / span
-                    } else {
-                        0.0
-                    }
-                })
-                .collect()
-        })
-        .collect();
-    hypervolume(&scaled, &vec![1.1; d])
-}
-
-fn write_front(dir: &Path, info: &RunInfo, lines: &[TrialLine]) -> Result<(), Error> {
-    let front = front_of(lines);
-    let json = serde_json::to_string_pretty(&serde_json::json!({
-        "objectives": info.objectives,
-        "front": front,
-    }))?;
-    store::write_atomic(&dir.join("front.json"), json.as_bytes())?;
-    let mut csv = String::from("id,budget");
-    for name in &info.objectives {
-        csv.push(',');
-        csv.push_str(name);
-    }
-    csv.push_str(",config\n");
-    for t in &front {
-        csv.push_str(&format!("{},{}", t.id, t.budget));
-        for v in &t.objectives {
-            csv.push_str(&format!(",{v}"));
-        }
-        let config = serde_json::to_string(&t.config)?.replace('"', "\"\"");
-        csv.push_str(&format!(",\"{config}\"\n"));
-    }
-    store::write_atomic(&dir.join("front.csv"), csv.as_bytes())?;
-    Ok(())
 }
 
 /// What a trial runs: a DSNN training or a user's command.

@@ -7,6 +7,7 @@ use crate::commands::describe::DescribeArgs;
 use crate::commands::energy::EnergyCmdArgs;
 #[cfg(feature = "dsnn")]
 use crate::commands::optimize::OptimizeArgs;
+use crate::commands::pareto::ParetoArgs;
 #[cfg(feature = "dsnn")]
 use crate::commands::train::TrainArgs;
 use crate::opt::bench::BenchArgs;
@@ -25,6 +26,9 @@ pub enum Command {
     /// multi-objective: Hyperband over epochs, ParEGO with a random forest).
     #[cfg(feature = "dsnn")]
     Optimize(OptimizeArgs),
+    /// Report a search: its Pareto front as a table (or CSV, JSON), sorted by loss, the default
+    /// DSNN marked and the best improvements against it; `--plot` draws the trials as SVG.
+    Pareto(ParetoArgs),
     /// Print a network's layer table: which layers are shift layers, parameters, MACs and
     /// shift-adds per image.
     Describe(DescribeArgs),

@@ -34,6 +34,8 @@ pub enum Error {
     Bench(#[from] crate::opt::bench::BenchError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Report(#[from] crate::report::ReportError),
     #[cfg(feature = "dsnn")]
     #[error(transparent)]
     Trial(#[from] crate::trial::TrialError),

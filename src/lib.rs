@@ -11,6 +11,7 @@ pub mod data;
 pub mod energy;
 pub mod eval;
 pub mod opt;
+pub mod report;
 pub mod shift;
 pub mod space;
 pub mod store;

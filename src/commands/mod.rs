@@ -4,6 +4,7 @@ pub mod describe;
 pub mod energy;
 #[cfg(feature = "dsnn")]
 pub mod optimize;
+pub mod pareto;
 #[cfg(feature = "dsnn")]
 pub mod train;
 
@@ -21,6 +22,7 @@ pub fn run(command: Command, out: &mut dyn Write) -> Result<(), Error> {
         #[cfg(feature = "dsnn")]
         Command::Train(args) => train::run(&args, out),
         Command::Energy(args) => energy::run(&args, out),
+        Command::Pareto(args) => pareto::run(&args, out),
         Command::Bench(args) => {
             crate::opt::bench::run(&args, out)?;
             Ok(())

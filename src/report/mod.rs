@@ -1,0 +1,292 @@
+//! Reports of a finished (or running) search: `dsnn-hpo pareto --run DIR`.
+//!
+//! [`run`] reads and checks a run directory, [`front`] selects the Pareto front (each
+//! configuration at the highest budget it reached), [`baseline`] finds the default
+//! configuration's result and the front's best improvements against it, [`Report`] puts them
+//! together, and [`table`], [`export`] (CSV, JSON, the run's `front.*` files) and [`svg`] print
+//! it. Every number keeps its source: each objective carries run.json's description, each row
+//! the meters behind its trial's energy records.
+
+pub mod baseline;
+pub mod export;
+pub mod front;
+pub mod run;
+pub mod svg;
+pub mod table;
+
+use serde::Serialize;
+
+use crate::space::Config;
+use crate::store::{TrialLine, TrialStatus};
+pub use baseline::{Comparison, DefaultResult, Improvement};
+pub use front::{at_highest_budget, front_of, normalised_hypervolume, same_config};
+pub use run::{ReportError, Run};
+
+/// An objective and where its values come from (run.json's `objective_sources`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Objective {
+    pub name: String,
+    pub source: String,
+}
+
+/// The meters behind one energy record of a trial.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RecordSources {
+    pub phase: String,
+    pub cpu: String,
+    pub gpu: String,
+    pub ram: String,
+}
+
+/// One reported trial: a front point, the default's result, or both.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Row {
+    pub id: u64,
+    pub budget: f64,
+    pub config: Config,
+    /// In the order of [`Report::objectives`].
+    pub objectives: Vec<f64>,
+    pub on_front: bool,
+    pub is_default: bool,
+    /// The meters behind the trial's energy records, per phase.
+    pub energy_sources: Vec<RecordSources>,
+}
+
+impl Row {
+    fn of(t: &TrialLine, on_front: bool, is_default: bool) -> Row {
+        Row {
+            id: t.id,
+            budget: t.budget,
+            config: t.config.clone(),
+            objectives: t.objectives.clone(),
+            on_front,
+            is_default,
+            energy_sources: t
+                .energy
+                .iter()
+                .map(|r| RecordSources {
+                    phase: r.phase.clone(),
+                    cpu: r.cpu.source.to_string(),
+                    gpu: r.gpu.source.to_string(),
+                    ram: r.ram.source.to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The distinct measuring sources of the trial's records, `none` left out: `rapl+estimate`.
+    pub fn sources_short(&self) -> String {
+        let mut kinds: Vec<&str> = Vec::new();
+        for r in &self.energy_sources {
+            for k in [&r.cpu, &r.gpu, &r.ram] {
+                if k != "none" && !kinds.contains(&k.as_str()) {
+                    kinds.push(k);
+                }
+            }
+        }
+        if kinds.is_empty() {
+            "-".into()
+        } else {
+            kinds.join("+")
+        }
+    }
+
+    /// Every record's sources: `train:cpu=rapl,gpu=none,ram=estimate;inference:...`.
+    pub fn sources_long(&self) -> String {
+        self.energy_sources
+            .iter()
+            .map(|r| format!("{}:cpu={},gpu={},ram={}", r.phase, r.cpu, r.gpu, r.ram))
+            .collect::<Vec<_>>()
+            .join(";")
+    }
+}
+
+/// What became of the default configuration, for the report's readers.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DefaultInfo {
+    pub config: Config,
+    /// `evaluated`, `failed` or `not_evaluated`.
+    pub status: &'static str,
+    pub trial: Option<u64>,
+    pub budget: Option<f64>,
+    pub on_front: bool,
+    pub note: String,
+}
+
+/// Every point of a run, for the plot: successful trials at every budget.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Point {
+    pub id: u64,
+    pub budget: f64,
+    pub objectives: Vec<f64>,
+}
+
+/// The report of one run directory.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Report {
+    pub run_dir: String,
+    pub objectives: Vec<Objective>,
+    /// Configuration columns: the default configuration's parameters, then any others in order
+    /// of first appearance among the rows.
+    pub parameters: Vec<String>,
+    pub trials: usize,
+    pub failed: usize,
+    /// Distinct configurations with a successful trial.
+    pub configurations: usize,
+    /// Normalised hypervolume of the front (objectives min-max scaled over successful trials,
+    /// reference 1.1 per objective).
+    pub hypervolume: f64,
+    /// The front, plus the default's result when it is not on the front; sorted by the first
+    /// objective (loss), then the others, then id.
+    pub rows: Vec<Row>,
+    pub default: DefaultInfo,
+    /// The front against the default; absent when the default has no successful trial.
+    pub comparison: Option<Comparison>,
+    /// Successful trials at every budget, in log order.
+    #[serde(skip)]
+    pub points: Vec<Point>,
+}
+
+impl Report {
+    pub fn new(run: &Run) -> Report {
+        let lines = &run.trials;
+        let front = front_of(lines);
+        let default = DefaultResult::find(lines, &run.info.default_config);
+        let default_trial = default.trial();
+        let is_default = |t: &TrialLine| default_trial.is_some_and(|d| d.id == t.id);
+        let mut rows: Vec<Row> = front
+            .iter()
+            .map(|t| Row::of(t, true, is_default(t)))
+            .collect();
+        let default_on_front = rows.iter().any(|r| r.is_default);
+        if let (Some(d), false) = (default_trial, default_on_front) {
+            rows.push(Row::of(d, false, true));
+        }
+        rows.sort_by(|a, b| {
+            a.objectives
+                .iter()
+                .zip(&b.objectives)
+                .map(|(x, y)| x.total_cmp(y))
+                .find(|o| o.is_ne())
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(a.id.cmp(&b.id))
+        });
+        let mut parameters: Vec<String> = run
+            .info
+            .default_config
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .collect();
+        for r in &rows {
+            for (n, _) in r.config.iter() {
+                if !parameters.iter().any(|p| p == n) {
+                    parameters.push(n.to_string());
+                }
+            }
+        }
+        let names = &run.info.objectives;
+        let objectives = names
+            .iter()
+            .enumerate()
+            .map(|(j, name)| Objective {
+                name: name.clone(),
+                source: run
+                    .info
+                    .objective_sources
+                    .get(j)
+                    .cloned()
+                    .unwrap_or_else(|| "not recorded in run.json".into()),
+            })
+            .collect();
+        let comparison = default_trial.map(|d| baseline::compare(names, &front, d));
+        let (status, trial, budget) = match default {
+            DefaultResult::Evaluated(t) => ("evaluated", Some(t.id), Some(t.budget)),
+            DefaultResult::Failed(t) => ("failed", Some(t.id), Some(t.budget)),
+            DefaultResult::NotEvaluated => ("not_evaluated", None, None),
+        };
+        let failed = lines
+            .iter()
+            .filter(|t| t.status == TrialStatus::Failed)
+            .count();
+        Report {
+            run_dir: run.dir.display().to_string(),
+            objectives,
+            parameters,
+            trials: lines.len(),
+            failed,
+            configurations: at_highest_budget(lines).len(),
+            hypervolume: normalised_hypervolume(lines, &front),
+            rows,
+            default: DefaultInfo {
+                config: run.info.default_config.clone(),
+                status,
+                trial,
+                budget,
+                on_front: default_on_front,
+                note: default.note(),
+            },
+            comparison,
+            points: lines
+                .iter()
+                .filter(|t| t.status == TrialStatus::Success)
+                .map(|t| Point {
+                    id: t.id,
+                    budget: t.budget,
+                    objectives: t.objectives.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    pub fn front_len(&self) -> usize {
+        self.rows.iter().filter(|r| r.on_front).count()
+    }
+}
+
+/// A short number for configuration values and axis ticks: at most four significant digits,
+/// trailing zeros dropped (`0.01`, `2.5e-6`, `128`).
+pub fn fmt_short(v: f64) -> String {
+    let s = fmt_value(v);
+    match s.split_once('e') {
+        Some((m, e)) if m.contains('.') => {
+            format!("{}e{e}", m.trim_end_matches('0').trim_end_matches('.'))
+        }
+        Some(_) => s,
+        None if s.contains('.') => s.trim_end_matches('0').trim_end_matches('.').to_string(),
+        None => s,
+    }
+}
+
+/// A number for people: four significant digits, scientific outside [1e-3, 1e5).
+pub fn fmt_value(v: f64) -> String {
+    let a = v.abs();
+    if v == 0.0 {
+        "0.0000".into()
+    } else if (1e-3..1e5).contains(&a) {
+        // a >= 1e-3, so the exponent is small and the subtraction cannot overflow.
+        let digits = (3 - a.log10().floor() as i32).clamp(0, 6) as usize;
+        format!("{v:.digits$}")
+    } else {
+        format!("{v:.3e}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_print_short_and_readable() {
+        assert_eq!(fmt_value(0.2), "0.2000");
+        assert_eq!(fmt_value(2.5e-6), "2.500e-6");
+        assert_eq!(fmt_short(0.01), "0.01");
+        assert_eq!(fmt_short(2.5e-6), "2.5e-6");
+        assert_eq!(fmt_short(1e-6), "1e-6");
+        assert_eq!(fmt_short(128.0), "128");
+        assert_eq!(fmt_short(0.0), "0");
+        assert_eq!(fmt_short(-0.125), "-0.125");
+        assert_eq!(fmt_short(123456.0), "1.235e5");
+        assert_eq!(fmt_value(f64::NAN), "NaN");
+        assert_eq!(fmt_value(f64::INFINITY), "inf");
+    }
+}

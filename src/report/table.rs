@@ -1,0 +1,144 @@
+//! The report as a text table: the front sorted by loss, the default configuration marked,
+//! objective sources in the footer, then the improvements against the default.
+
+use std::io::Write;
+
+use super::baseline::fmt_budget;
+use super::{Report, fmt_short, fmt_value};
+
+/// Writes the report for people.
+pub fn write_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "Pareto front of {}: {} of {} configurations ({} trials, {} failed); hypervolume {:.4} (objectives min-max normalised, reference point 1.1 each)",
+        report.run_dir,
+        report.front_len(),
+        report.configurations,
+        report.trials,
+        report.failed,
+        report.hypervolume
+    )?;
+    writeln!(out)?;
+    let mut header: Vec<String> = vec!["id".into(), "budget".into()];
+    header.extend(report.parameters.iter().cloned());
+    for (j, o) in report.objectives.iter().enumerate() {
+        header.push(format!("{} [{}]", o.name, j + 1));
+    }
+    header.push("energy sources".into());
+    header.push(String::new());
+    let mut cells: Vec<Vec<String>> = vec![header];
+    for r in &report.rows {
+        let mut row = vec![r.id.to_string(), fmt_budget(r.budget)];
+        for p in &report.parameters {
+            row.push(match r.config.get(p) {
+                Some(crate::space::Value::Float(x)) => fmt_short(*x),
+                Some(v) => v.to_string(),
+                None => "-".into(),
+            });
+        }
+        row.extend(r.objectives.iter().map(|v| fmt_value(*v)));
+        row.push(r.sources_short());
+        row.push(match (r.is_default, r.on_front) {
+            (true, true) => "<- default".into(),
+            (true, false) => "<- default (not on the front)".into(),
+            _ => String::new(),
+        });
+        cells.push(row);
+    }
+    let columns = cells[0].len();
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            cells
+                .iter()
+                .map(|r| r[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in &cells {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            let w = widths[c];
+            // Numbers right-aligned; configuration values, sources and the mark left-aligned.
+            let text_column = (c >= 2 && c < 2 + report.parameters.len()) || c + 2 >= columns;
+            if c > 0 {
+                line.push_str("  ");
+            }
+            if text_column {
+                line.push_str(&format!("{cell:<w$}"));
+            } else {
+                line.push_str(&format!("{cell:>w$}"));
+            }
+        }
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    writeln!(out)?;
+    for (j, o) in report.objectives.iter().enumerate() {
+        writeln!(out, "[{}] {}: {}", j + 1, o.name, o.source)?;
+    }
+    writeln!(
+        out,
+        "energy sources: the meters behind each trial's energy records (cpu, gpu, ram; every phase); per record with --format json or csv"
+    )?;
+    writeln!(out)?;
+    match &report.comparison {
+        None => writeln!(out, "Default: {}.", report.default.note)?,
+        Some(c) => {
+            let d = report
+                .rows
+                .iter()
+                .find(|r| r.is_default)
+                .map(|r| {
+                    report
+                        .objectives
+                        .iter()
+                        .zip(&r.objectives)
+                        .map(|(o, v)| format!("{} {}", o.name, fmt_value(*v)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "Default DSNN: trial {} at budget {} ({d}){}.",
+                c.default_trial,
+                fmt_budget(c.default_budget),
+                if report.default.on_front {
+                    ", on the front"
+                } else {
+                    ", not on the front"
+                }
+            )?;
+            writeln!(out, "Budgets: {}.", c.budgets_note)?;
+            for i in &c.improvements {
+                writeln!(
+                    out,
+                    "  {}: {} (trial {}, budget {}) vs {} (default): {:.1}% {}",
+                    i.objective,
+                    fmt_value(i.value),
+                    i.trial,
+                    fmt_budget(i.budget),
+                    fmt_value(i.default_value),
+                    i.percent,
+                    i.phrase
+                )?;
+            }
+            for name in &c.not_improved {
+                writeln!(
+                    out,
+                    "  {name}: no compared front point is lower than the default"
+                )?;
+            }
+            if !c.dominating.is_empty() {
+                let ids: Vec<String> = c.dominating.iter().map(u64::to_string).collect();
+                writeln!(
+                    out,
+                    "  better than the default in every objective at once: trial {}",
+                    ids.join(", ")
+                )?;
+            }
+            writeln!(out, "Best improvements: {}.", c.headline)?;
+        }
+    }
+    Ok(())
+}
