@@ -281,24 +281,23 @@ fn run_worker(ctx: &WorkerContext<'_>, w: usize, jobs: Receiver<Trial>, done: Se
         };
         while let Ok(trial) = jobs.recv() {
             let t0 = Instant::now();
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                runner.evaluate(&trial)
-            }))
-            .unwrap_or_else(|panic| {
-                // A crash inside the training stack is this trial's failure, not the run's.
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                Ok(Evaluation {
-                    outcome: Outcome::Failed {
-                        reason: format!("crashed: {what}"),
-                    },
-                    metrics: None,
-                    energy: Vec::new(),
-                })
-            });
+            let result =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runner.evaluate(&trial)))
+                    .unwrap_or_else(|panic| {
+                        // A crash inside the training stack is this trial's failure, not the run's.
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "unknown panic".into());
+                        Ok(Evaluation {
+                            outcome: Outcome::Failed {
+                                reason: format!("crashed: {what}"),
+                            },
+                            metrics: None,
+                            energy: Vec::new(),
+                        })
+                    });
             let f = Finished {
                 worker: w,
                 trial,
@@ -310,23 +309,24 @@ fn run_worker(ctx: &WorkerContext<'_>, w: usize, jobs: Receiver<Trial>, done: Se
             }
         }
     };
-    if ctx.workers > 1 && !ctx.on_gpu() {
-        let c = clocks.clone();
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(cpu_threads(ctx.workers))
-            .thread_name(move |i| format!("worker{w}-{i}"))
-            .start_handler(move |_| c.register_current())
-            .build();
-        match pool {
-            Ok(pool) => pool.install(move || body(clocks)),
-            Err(e) => {
-                let (tx, rx) = (done, jobs);
-                fail_first(w, &rx, &tx, run_err(ctx.dir, format!("worker {w}: {e}")));
-            }
+    // A pool that cannot be built (no threads left) leaves the worker on the global pool.
+    let pool = (ctx.workers > 1 && !ctx.on_gpu())
+        .then(|| {
+            let c = clocks.clone();
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(cpu_threads(ctx.workers))
+                .thread_name(move |i| format!("worker{w}-{i}"))
+                .start_handler(move |_| c.register_current())
+                .build()
+                .ok()
+        })
+        .flatten();
+    match pool {
+        Some(pool) => pool.install(move || body(clocks)),
+        None => {
+            clocks.register_current();
+            body(clocks);
         }
-    } else {
-        clocks.register_current();
-        body(clocks);
     }
 }
 
@@ -350,8 +350,7 @@ fn stop_reason(
     emissions_kg: f64,
 ) -> Option<StopReason> {
     let s = &cfg.search;
-    if s
-        .wall_time_s
+    if s.wall_time_s
         .is_some_and(|limit| started.elapsed().as_secs_f64() >= limit)
     {
         Some(StopReason::WallTime)

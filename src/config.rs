@@ -357,7 +357,8 @@ impl RunConfig {
         }
         if s.workers == 0 {
             return Err(fail(
-                "[search] workers = 0: expected a positive integer (trials evaluated at once)".into(),
+                "[search] workers = 0: expected a positive integer (trials evaluated at once)"
+                    .into(),
             ));
         }
         if s.strategy != "parego" && s.strategy != "random" {

@@ -72,7 +72,10 @@ impl ThreadClock {
             // error, read as zero.
             let rc = unsafe { libc::clock_gettime(self.0, &mut ts) };
             if rc == 0 {
-                return Duration::new(ts.tv_sec.max(0) as u64, ts.tv_nsec.clamp(0, 999_999_999) as u32);
+                return Duration::new(
+                    ts.tv_sec.max(0) as u64,
+                    ts.tv_nsec.clamp(0, 999_999_999) as u32,
+                );
             }
         }
         Duration::ZERO
@@ -122,7 +125,11 @@ impl CpuShare {
     }
 
     /// `record` as attributed to this worker.
-    pub fn attribute(&self, record: EnergyRecord, mark: &ShareMark) -> Result<EnergyRecord, EnergyError> {
+    pub fn attribute(
+        &self,
+        record: EnergyRecord,
+        mark: &ShareMark,
+    ) -> Result<EnergyRecord, EnergyError> {
         Ok(record.scaled(self.since(mark)?))
     }
 }
@@ -224,12 +231,18 @@ mod tests {
 
     #[test]
     fn gpu_workers_take_consecutive_devices() {
-        assert_eq!(worker_device(DeviceChoice::Cuda(1), 2, 3), DeviceChoice::Cuda(3));
+        assert_eq!(
+            worker_device(DeviceChoice::Cuda(1), 2, 3),
+            DeviceChoice::Cuda(3)
+        );
         assert_eq!(
             worker_device(DeviceChoice::Wgpu(None), 1, 2),
             DeviceChoice::Wgpu(Some(1))
         );
-        assert_eq!(worker_device(DeviceChoice::Wgpu(None), 0, 1), DeviceChoice::Wgpu(None));
+        assert_eq!(
+            worker_device(DeviceChoice::Wgpu(None), 0, 1),
+            DeviceChoice::Wgpu(None)
+        );
         assert_eq!(worker_device(DeviceChoice::Cpu, 1, 2), DeviceChoice::Cpu);
         assert!(cpu_threads(64) >= 1);
     }

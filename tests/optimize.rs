@@ -337,7 +337,11 @@ fn two_workers_finish_every_trial_once_and_a_killed_parallel_run_resumes() {
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let mut got = ids(&dir);
-    assert_eq!(&got[..before.len()], &before[..], "finished trials were rewritten");
+    assert_eq!(
+        &got[..before.len()],
+        &before[..],
+        "finished trials were rewritten"
+    );
     got.sort_unstable();
     assert_eq!(got, (0..7).collect::<Vec<u64>>(), "each trial exactly once");
     let trials = read_trials(&dir).unwrap();

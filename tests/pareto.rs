@@ -44,6 +44,7 @@ fn record(phase: &str, gpu: SourceKind) -> EnergyRecord {
         cpu_count: 2,
         gpu_models: Vec::new(),
         ram_total_gib: 8.0,
+        share: None,
     }
 }
 

@@ -4,11 +4,9 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
-use serde::Serialize;
 
-use crate::config::RunConfig;
+use crate::energy::Source;
 use crate::energy::probe::run_probe_with;
-use crate::energy::{EnergyRecord, EnergyTracker, OpCountEnergy, Source, opcount};
 use crate::error::Error;
 
 #[derive(Debug, Args)]
@@ -31,13 +29,14 @@ pub struct EnergyCmdArgs {
     pub json: bool,
 }
 
-#[derive(Serialize)]
+#[cfg(feature = "dsnn")]
+#[derive(serde::Serialize)]
 struct InferenceEnergy {
     images: usize,
     /// Measured (or estimated) on this machine; each component names its source.
-    measured: EnergyRecord,
+    measured: crate::energy::EnergyRecord,
     /// What shift hardware would spend by the op-count model; source "opcount".
-    opcount: EnergyRecord,
+    opcount: crate::energy::EnergyRecord,
     opcount_per_image_j: f64,
 }
 
@@ -81,6 +80,8 @@ fn measure_inference(
     args: &EnergyCmdArgs,
     out: &mut dyn Write,
 ) -> Result<(), Error> {
+    use crate::config::RunConfig;
+    use crate::energy::{EnergyTracker, OpCountEnergy, opcount};
     use crate::model::Network;
     let mut cfg = RunConfig::load(path, &args.sets)?;
     if let Some(s) = args.source {
