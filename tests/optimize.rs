@@ -105,6 +105,57 @@ fn a_killed_run_resumes_without_losing_or_repeating_trials() {
         .map(|t| t.budget as u64)
         .collect();
     assert!(budgets.contains(&1) && budgets.contains(&3), "{budgets:?}");
+    // optimize ends with the front table and its plot.
+    let printed = String::from_utf8_lossy(&o.stdout);
+    assert!(printed.contains("Pareto front of"), "{printed}");
+    assert!(straight.join("front.svg").exists());
+
+    // The report of that run in every format.
+    let front_ids: Vec<u64> = summary["front"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let s = straight.to_str().unwrap();
+    let table = run(&["pareto", "--run", s]);
+    assert!(table.status.success());
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("<- default"), "{table}");
+    let csv = run(&["pareto", "--run", s, "--format", "csv"]);
+    assert!(csv.status.success());
+    let mut reader = csv::Reader::from_reader(&csv.stdout[..]);
+    let headers = reader.headers().unwrap().clone();
+    let id_col = headers.iter().position(|h| h == "id").unwrap();
+    let front_col = headers.iter().position(|h| h == "on_front").unwrap();
+    let mut csv_front: Vec<u64> = reader
+        .records()
+        .map(|r| r.unwrap())
+        .filter(|r| &r[front_col] == "true")
+        .map(|r| r[id_col].parse().unwrap())
+        .collect();
+    csv_front.sort_unstable();
+    let mut want = front_ids.clone();
+    want.sort_unstable();
+    assert_eq!(csv_front, want, "CSV front differs from summary.json");
+    let json = run(&["pareto", "--run", s, "--format", "json"]);
+    assert!(json.status.success());
+    let _: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let svg_path = tmp.path().join("front.svg");
+    let plot = run(&["pareto", "--run", s, "--plot", svg_path.to_str().unwrap()]);
+    assert!(plot.status.success());
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    let doc = roxmltree::Document::parse(&svg).unwrap();
+    let circles = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("circle"))
+        .count();
+    // Every successful trial is drawn (plus rings marking the front).
+    assert!(
+        circles >= expected.len(),
+        "{circles} circles for {} trials",
+        expected.len()
+    );
 
     // Killed after two finished trials, then resumed.
     let killed = tmp.path().join("killed");

@@ -112,6 +112,18 @@ pub fn run(args: &OptimizeArgs, out: &mut dyn Write) -> Result<(), Error> {
         e.ram.source,
         summary.trials_energy_kwh
     )?;
-    writeln!(out, "report: dsnn-hpo pareto --run {}", run_dir.display())?;
+    // The front as `pareto` prints it, and its plot beside the other run files.
+    let run = crate::report::Run::load(&run_dir)?;
+    let report = crate::report::Report::new(&run);
+    let plot = run_dir.join("front.svg");
+    crate::report::svg::write_svg(&report, &plot)?;
+    writeln!(out)?;
+    crate::report::table::write_table(&report, out)?;
+    writeln!(
+        out,
+        "plot: {}; again, or as CSV/JSON: dsnn-hpo pareto --run {} [--format csv|json]",
+        plot.display(),
+        run_dir.display()
+    )?;
     Ok(())
 }
