@@ -26,6 +26,7 @@ use crate::energy::{CsvSink, EnergyTracker};
 use crate::error::Error;
 use crate::eval::Evaluator;
 use crate::eval::command::CommandObjective;
+use crate::eval::problems::{Problem, ProblemEvaluator};
 use crate::opt::{Ask, Budgets, Outcome, Smbo, SmboSettings, Strategy, Trial};
 use crate::progress::EpochBar;
 use crate::report::export::write_front;
@@ -115,7 +116,9 @@ pub fn search_space(
     data: Option<&LoadedData>,
     source: &Path,
 ) -> Result<SearchSpace, Error> {
-    let space = if cfg.space.is_empty() {
+    let space = if let (true, Some(p)) = (cfg.space.is_empty(), problem_of(cfg)) {
+        Ok(p.space())
+    } else if cfg.space.is_empty() {
         let Some(data) = data else {
             return Err(run_err(source, "a command objective needs a [[space]]"));
         };
@@ -134,7 +137,7 @@ pub fn search_space(
 }
 
 fn build_optimizer(cfg: &RunConfig, space: SearchSpace, source: &Path) -> Result<Smbo, Error> {
-    let n_objectives = if cfg.objective.kind == "dsnn" {
+    let n_objectives = if cfg.objective.kind == "dsnn" || problem_of(cfg).is_some() {
         2
     } else {
         cfg.objective.names.len()
@@ -158,10 +161,18 @@ fn build_optimizer(cfg: &RunConfig, space: SearchSpace, source: &Path) -> Result
     Smbo::new(space, settings).map_err(|e| run_err(source, e.to_string()))
 }
 
-/// What a trial runs: a DSNN training or a user's command.
+/// What a trial runs: a DSNN training, a user's command or a built-in test problem.
 enum Runner<'a> {
     Dsnn(Box<DsnnObjective<'a>>),
     Command(CommandObjective),
+    Problem(ProblemEvaluator),
+}
+
+/// The built-in test problem `[objective] kind` names, if it names one.
+fn problem_of(cfg: &RunConfig) -> Option<Problem> {
+    Problem::ALL
+        .into_iter()
+        .find(|p| p.name() == cfg.objective.kind)
 }
 
 impl Runner<'_> {
@@ -169,6 +180,7 @@ impl Runner<'_> {
         match self {
             Runner::Dsnn(d) => d.objective_names(),
             Runner::Command(c) => c.objective_names(),
+            Runner::Problem(p) => p.objective_names(),
         }
     }
 
@@ -180,6 +192,11 @@ impl Runner<'_> {
                 .iter()
                 .map(|n| format!("{n} as printed by the objective command"))
                 .collect(),
+            Runner::Problem(p) => p
+                .objective_names()
+                .iter()
+                .map(|n| format!("{n} of the test problem {} (computed)", p.problem.name()))
+                .collect(),
         }
     }
 
@@ -188,6 +205,14 @@ impl Runner<'_> {
             Runner::Dsnn(d) => Ok(d.evaluate(trial)?),
             Runner::Command(c) => Ok(Evaluation {
                 outcome: c.evaluate(trial).map_err(|e| Error::Run {
+                    path: PathBuf::from("[objective]"),
+                    message: e.to_string(),
+                })?,
+                metrics: None,
+                energy: Vec::new(),
+            }),
+            Runner::Problem(p) => Ok(Evaluation {
+                outcome: p.evaluate(trial).map_err(|e| Error::Run {
                     path: PathBuf::from("[objective]"),
                     message: e.to_string(),
                 })?,
@@ -238,10 +263,13 @@ impl<'a> WorkerContext<'a> {
                 d.share = share;
                 Ok(Runner::Dsnn(Box::new(d)))
             }
-            _ => Ok(Runner::Command(command_objective(
-                self.cfg,
-                self.config_path,
-            )?)),
+            _ => match problem_of(self.cfg) {
+                Some(problem) => Ok(Runner::Problem(ProblemEvaluator { problem })),
+                None => Ok(Runner::Command(command_objective(
+                    self.cfg,
+                    self.config_path,
+                )?)),
+            },
         }
     }
 

@@ -405,9 +405,10 @@ impl RunConfig {
                     )));
                 }
             }
+            "zdt1" | "zdt2" | "zdt3" | "dtlz2" => {}
             other => {
                 return Err(fail(format!(
-                    "[objective] kind = \"{other}\": expected \"dsnn\" or \"command\""
+                    "[objective] kind = \"{other}\": expected \"dsnn\", \"command\" or a built-in test problem (\"zdt1\", \"zdt2\", \"zdt3\", \"dtlz2\")"
                 )));
             }
         }
