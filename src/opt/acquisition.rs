@@ -111,12 +111,7 @@ impl<'a> Acquisition<'a> {
                 self.score(v)
             })
             .collect();
-        let mut starts: Vec<Scored> = previous.iter().map(|v| self.score(v.clone())).collect();
-        starts.extend(random.iter().cloned());
-        starts.sort_by(better);
-        let mut seen = HashSet::new();
-        starts.retain(|s| seen.insert(SearchSpace::key(&s.vector)));
-        starts.truncate(settings.n_local_starts);
+        let starts = self.local_starts(previous, &random, settings.n_local_starts);
 
         let mut out: Vec<Scored> = starts
             .into_iter()
@@ -125,6 +120,32 @@ impl<'a> Acquisition<'a> {
         out.append(&mut random);
         out.sort_by(better);
         out
+    }
+
+    /// Starting points of the local searches, as SMAC3's `LocalSearch` picks them: the `n` evaluated
+    /// configurations with the highest EI, the `n` evaluated ones with the lowest predicted cost, then the
+    /// `n` best random samples, without repeats.
+    ///
+    /// The lowest-predicted-cost starts matter most: EI at an evaluated point is small (the forest is
+    /// sure there), yet the best point is where a small step most often improves, e.g. moving one
+    /// parameter along a front while the others stay optimal.
+    fn local_starts(&mut self, previous: &[Vec<f64>], random: &[Scored], n: usize) -> Vec<Scored> {
+        let mut by_ei: Vec<Scored> = previous.iter().map(|v| self.score(v.clone())).collect();
+        let mut by_cost = by_ei.clone();
+        by_ei.sort_by(better);
+        by_cost.sort_by(|a, b| a.mean.total_cmp(&b.mean));
+        let mut by_random = random.to_vec();
+        by_random.sort_by(better);
+        let mut seen = HashSet::new();
+        let mut starts = Vec::with_capacity(3 * n);
+        for list in [by_ei, by_cost, by_random] {
+            starts.extend(
+                list.into_iter()
+                    .filter(|s| seen.insert(SearchSpace::key(&s.vector)))
+                    .take(n),
+            );
+        }
+        starts
     }
 
     /// Best-improvement hill climbing over the one-exchange neighbourhood, with bounded plateau walks.
@@ -217,7 +238,9 @@ mod tests {
         let mut acq = Acquisition::new(&space, &forest, eta);
         let settings = MaximizerSettings::default();
         let out = acq.maximize(&x, &settings, &mut rng);
-        assert_eq!(out.len(), settings.n_random + settings.n_local_starts);
+        // Every random sample plus one local optimum per start: the 10 evaluated points with the highest
+        // EI, 10 more with the lowest predicted cost, and the 10 best random samples.
+        assert_eq!(out.len(), settings.n_random + 3 * settings.n_local_starts);
         assert!(
             out.windows(2)
                 .all(|w| better(&w[0], &w[1]) != Ordering::Greater)
