@@ -81,7 +81,7 @@ impl Tree {
             }
             let v = x[node.feature as usize];
             let left = if node.mask != 0 {
-                v >= 0.0 && v < 64.0 && (node.mask >> (v as u64)) & 1 == 1
+                (0.0..64.0).contains(&v) && (node.mask >> (v as u64)) & 1 == 1
             } else {
                 v <= node.value
             };
@@ -222,8 +222,7 @@ fn build_tree(
                     mean,
                     settings.min_samples_leaf,
                     &mut pairs,
-                    settings.random_thresholds,
-                    rng,
+                    settings.random_thresholds.then_some(&mut *rng),
                 ),
             };
             if let Some(c) = candidate
@@ -241,7 +240,7 @@ fn build_tree(
         let goes_left = |i: u32| {
             let v = column[i as usize];
             if split.mask != 0 {
-                v >= 0.0 && v < 64.0 && (split.mask >> (v as u64)) & 1 == 1
+                (0.0..64.0).contains(&v) && (split.mask >> (v as u64)) & 1 == 1
             } else {
                 v <= split.threshold
             }
@@ -288,8 +287,8 @@ fn best_threshold_split(
     mean: f64,
     min_leaf: usize,
     pairs: &mut Vec<(f64, f64)>,
-    random_threshold: bool,
-    rng: &mut ChaCha8Rng,
+    // `Some` places the threshold at random in its gap, `None` at the midpoint.
+    rng: Option<&mut ChaCha8Rng>,
 ) -> Option<Split> {
     let column = &data.columns[f];
     pairs.clear();
@@ -328,7 +327,7 @@ fn best_threshold_split(
             });
         }
     }
-    if random_threshold && let Some(b) = best.as_mut() {
+    if let (Some(rng), Some(b)) = (rng, best.as_mut()) {
         let t = gap.0 + rng.random::<f64>() * (gap.1 - gap.0);
         b.threshold = if t < gap.1 { t } else { gap.0 };
     }
