@@ -29,7 +29,9 @@ pub fn log_expected_improvement(mean: f64, var: f64, eta: f64) -> f64 {
 pub struct MaximizerSettings {
     /// Uniformly random configurations scored (SMAC3: 10,000; local search does most of the work here).
     pub n_random: usize,
-    /// Local searches, started from the best previous and random configurations (SMAC3: 10).
+    /// Local searches per start set (SMAC3: 10): up to this many from the evaluated configurations with
+    /// the highest EI, as many from those with the lowest predicted cost, and as many from the best random
+    /// samples, so at most three times this many in all.
     pub n_local_starts: usize,
     /// Neighbours drawn per numeric parameter in the one-exchange neighbourhood (SMAC3: 4).
     pub neighbours_per_numeric: usize,
@@ -97,8 +99,9 @@ impl<'a> Acquisition<'a> {
 
     /// Candidates sorted best first: every random sample and every local-search optimum.
     ///
-    /// Local searches start from the best of `previous` (evaluated configurations) and the random samples,
-    /// so promising regions already found are refined while random samples keep exploring.
+    /// Local searches start from the best of `previous` (evaluated configurations) and of the random
+    /// samples (see `local_starts`), so promising regions already found are refined while random samples
+    /// keep exploring.
     pub fn maximize<R: Rng + ?Sized>(
         &mut self,
         previous: &[Vec<f64>],
