@@ -29,7 +29,9 @@ pub fn log_expected_improvement(mean: f64, var: f64, eta: f64) -> f64 {
 pub struct MaximizerSettings {
     /// Uniformly random configurations scored (SMAC3: 10,000; local search does most of the work here).
     pub n_random: usize,
-    /// Local searches, started from the best previous and random configurations (SMAC3: 10).
+    /// Local searches per start set (SMAC3: 10): up to this many from the evaluated configurations with
+    /// the highest EI, as many from those with the lowest predicted cost, and as many from the best random
+    /// samples, so at most three times this many in all.
     pub n_local_starts: usize,
     /// Neighbours drawn per numeric parameter in the one-exchange neighbourhood (SMAC3: 4).
     pub neighbours_per_numeric: usize,
@@ -97,8 +99,9 @@ impl<'a> Acquisition<'a> {
 
     /// Candidates sorted best first: every random sample and every local-search optimum.
     ///
-    /// Local searches start from the best of `previous` (evaluated configurations) and the random samples,
-    /// so promising regions already found are refined while random samples keep exploring.
+    /// Local searches start from the best of `previous` (evaluated configurations) and of the random
+    /// samples (see `local_starts`), so promising regions already found are refined while random samples
+    /// keep exploring.
     pub fn maximize<R: Rng + ?Sized>(
         &mut self,
         previous: &[Vec<f64>],
@@ -111,12 +114,7 @@ impl<'a> Acquisition<'a> {
                 self.score(v)
             })
             .collect();
-        let mut starts: Vec<Scored> = previous.iter().map(|v| self.score(v.clone())).collect();
-        starts.extend(random.iter().cloned());
-        starts.sort_by(better);
-        let mut seen = HashSet::new();
-        starts.retain(|s| seen.insert(SearchSpace::key(&s.vector)));
-        starts.truncate(settings.n_local_starts);
+        let starts = self.local_starts(previous, &random, settings.n_local_starts);
 
         let mut out: Vec<Scored> = starts
             .into_iter()
@@ -125,6 +123,32 @@ impl<'a> Acquisition<'a> {
         out.append(&mut random);
         out.sort_by(better);
         out
+    }
+
+    /// Starting points of the local searches, as SMAC3's `LocalSearch` picks them: the `n` evaluated
+    /// configurations with the highest EI, the `n` evaluated ones with the lowest predicted cost, then the
+    /// `n` best random samples, without repeats.
+    ///
+    /// The lowest-predicted-cost starts matter most: EI at an evaluated point is small (the forest is
+    /// sure there), yet the best point is where a small step most often improves, e.g. moving one
+    /// parameter along a front while the others stay optimal.
+    fn local_starts(&mut self, previous: &[Vec<f64>], random: &[Scored], n: usize) -> Vec<Scored> {
+        let mut by_ei: Vec<Scored> = previous.iter().map(|v| self.score(v.clone())).collect();
+        let mut by_cost = by_ei.clone();
+        by_ei.sort_by(better);
+        by_cost.sort_by(|a, b| a.mean.total_cmp(&b.mean));
+        let mut by_random = random.to_vec();
+        by_random.sort_by(better);
+        let mut seen = HashSet::new();
+        let mut starts = Vec::with_capacity(3 * n);
+        for list in [by_ei, by_cost, by_random] {
+            starts.extend(
+                list.into_iter()
+                    .filter(|s| seen.insert(SearchSpace::key(&s.vector)))
+                    .take(n),
+            );
+        }
+        starts
     }
 
     /// Best-improvement hill climbing over the one-exchange neighbourhood, with bounded plateau walks.
@@ -217,7 +241,9 @@ mod tests {
         let mut acq = Acquisition::new(&space, &forest, eta);
         let settings = MaximizerSettings::default();
         let out = acq.maximize(&x, &settings, &mut rng);
-        assert_eq!(out.len(), settings.n_random + settings.n_local_starts);
+        // Every random sample plus one local optimum per start: the 10 evaluated points with the highest
+        // EI, 10 more with the lowest predicted cost, and the 10 best random samples.
+        assert_eq!(out.len(), settings.n_random + 3 * settings.n_local_starts);
         assert!(
             out.windows(2)
                 .all(|w| better(&w[0], &w[1]) != Ordering::Greater)

@@ -2,7 +2,8 @@
 //! considered at each split, grown until leaves are pure (min split 2, min leaf 1, depth 2^20).
 //!
 //! The prediction is the mean over trees and the uncertainty the variance across trees (floored at 1e-10),
-//! which is what SMAC3 feeds into expected improvement.
+//! which is what SMAC3 feeds into expected improvement. Numeric thresholds fall at a random point between
+//! the two values they separate (see [`ForestSettings::random_thresholds`]).
 //!
 //! Each node sorts its samples once per feature and scores every split point with running sums, so a fit
 //! on 100 observations takes well under a millisecond. Categorical features are split into two groups of
@@ -30,6 +31,12 @@ pub struct ForestSettings {
     pub max_depth: usize,
     /// Fraction of features tried at each split (SMAC3: 1.0).
     pub max_features_ratio: f64,
+    /// Place each numeric threshold uniformly at random in the gap between the two neighbouring values
+    /// instead of at its midpoint. Trees then disagree on where between two observations the prediction
+    /// changes, so the forest's mean ramps across the gap instead of stepping at the midpoint, and its
+    /// variance is highest between observations: both give the acquisition maximiser's local search a
+    /// slope to follow where a midpoint forest is flat.
+    pub random_thresholds: bool,
 }
 
 impl Default for ForestSettings {
@@ -41,6 +48,7 @@ impl Default for ForestSettings {
             min_samples_leaf: 1,
             max_depth: 1 << 20,
             max_features_ratio: 1.0,
+            random_thresholds: true,
         }
     }
 }
@@ -73,7 +81,7 @@ impl Tree {
             }
             let v = x[node.feature as usize];
             let left = if node.mask != 0 {
-                v >= 0.0 && v < 64.0 && (node.mask >> (v as u64)) & 1 == 1
+                (0.0..64.0).contains(&v) && (node.mask >> (v as u64)) & 1 == 1
             } else {
                 v <= node.value
             };
@@ -207,9 +215,15 @@ fn build_tree(
                 FeatureKind::Categorical { n: k } if k <= 64 => {
                     best_categorical_split(data, f, k, part, mean, settings.min_samples_leaf)
                 }
-                _ => {
-                    best_threshold_split(data, f, part, mean, settings.min_samples_leaf, &mut pairs)
-                }
+                _ => best_threshold_split(
+                    data,
+                    f,
+                    part,
+                    mean,
+                    settings.min_samples_leaf,
+                    &mut pairs,
+                    settings.random_thresholds.then_some(&mut *rng),
+                ),
             };
             if let Some(c) = candidate
                 && c.score > 1e-12 * sse
@@ -226,7 +240,7 @@ fn build_tree(
         let goes_left = |i: u32| {
             let v = column[i as usize];
             if split.mask != 0 {
-                v >= 0.0 && v < 64.0 && (split.mask >> (v as u64)) & 1 == 1
+                (0.0..64.0).contains(&v) && (split.mask >> (v as u64)) & 1 == 1
             } else {
                 v <= split.threshold
             }
@@ -273,6 +287,8 @@ fn best_threshold_split(
     mean: f64,
     min_leaf: usize,
     pairs: &mut Vec<(f64, f64)>,
+    // `Some` places the threshold at random in its gap, `None` at the midpoint.
+    rng: Option<&mut ChaCha8Rng>,
 ) -> Option<Split> {
     let column = &data.columns[f];
     pairs.clear();
@@ -287,6 +303,7 @@ fn best_threshold_split(
     let min_leaf = min_leaf.max(1);
     let mut left_sum = 0.0;
     let mut best: Option<Split> = None;
+    let mut gap = (0.0, 0.0);
     for i in 0..n - 1 {
         left_sum += pairs[i].1;
         let n_left = i + 1;
@@ -298,6 +315,7 @@ fn best_threshold_split(
             left_sum * left_sum / n_left as f64 + right_sum * right_sum / (n - n_left) as f64;
         if best.as_ref().is_none_or(|b| score > b.score) {
             let (a, b) = (pairs[i].0, pairs[i + 1].0);
+            gap = (a, b);
             let mid = 0.5 * (a + b);
             // Adjacent floats can round the midpoint up onto `b`; `a` then separates them exactly.
             let threshold = if mid < b { mid } else { a };
@@ -308,6 +326,10 @@ fn best_threshold_split(
                 mask: 0,
             });
         }
+    }
+    if let (Some(rng), Some(b)) = (rng, best.as_mut()) {
+        let t = gap.0 + rng.random::<f64>() * (gap.1 - gap.0);
+        b.threshold = if t < gap.1 { t } else { gap.0 };
     }
     best
 }
@@ -382,6 +404,7 @@ mod tests {
         let settings = ForestSettings {
             n_trees: 1,
             bootstrap: false,
+            random_thresholds: false,
             ..ForestSettings::default()
         };
         let f = Forest::fit(&x, &y, &[FeatureKind::Continuous], &settings, 0);
@@ -389,6 +412,31 @@ mod tests {
         assert_eq!(f.predict(&[0.449]).0, 0.0);
         assert_eq!(f.predict(&[0.451]).0, 1.0);
         assert_eq!(f.predict(&[-1.0]), (0.0, VARIANCE_FLOOR));
+    }
+
+    #[test]
+    fn random_thresholds_ramp_the_mean_across_the_gap() {
+        // Without bootstrap every tree splits the step between 0.4 and 0.5, each at its own random
+        // point: at a fraction q of the gap the mean is about q (the share of thresholds below it),
+        // the variance q(1 - q) is largest mid-gap, and the observations themselves are fitted exactly.
+        let (x, y) = step_data();
+        let settings = ForestSettings {
+            n_trees: 200,
+            bootstrap: false,
+            ..ForestSettings::default()
+        };
+        let f = Forest::fit(&x, &y, &[FeatureKind::Continuous], &settings, 5);
+        assert_eq!(f.predict(&[0.4]), (0.0, VARIANCE_FLOOR));
+        assert_eq!(f.predict(&[0.5]), (1.0, VARIANCE_FLOOR));
+        let at = |q: f64| f.predict(&[0.4 + 0.1 * q]);
+        let means: Vec<f64> = [0.1, 0.3, 0.5, 0.7, 0.9].iter().map(|&q| at(q).0).collect();
+        assert!(means.windows(2).all(|w| w[0] <= w[1]), "{means:?}");
+        for (q, m) in [0.1, 0.3, 0.5, 0.7, 0.9].iter().zip(&means) {
+            assert!((m - q).abs() < 0.12, "q={q}: mean {m}");
+        }
+        let (m, v) = at(0.5);
+        assert!((v - m * (1.0 - m)).abs() < 1e-9);
+        assert!(v > at(0.1).1 && v > at(0.9).1);
     }
 
     #[test]

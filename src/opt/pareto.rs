@@ -71,6 +71,8 @@ pub fn crowding_distance(points: &[Vec<f64>], front: &[usize]) -> Vec<f64> {
     }
     let n_obj = points[front[0]].len();
     let mut order: Vec<usize> = (0..m).collect();
+    // `k` picks the objective inside each point; there is no collection of objectives to iterate.
+    #[allow(clippy::needless_range_loop)]
     for k in 0..n_obj {
         order.sort_by(|&a, &b| {
             points[front[a]][k]
