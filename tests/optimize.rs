@@ -412,3 +412,43 @@ fn two_workers_finish_every_trial_once_and_a_killed_parallel_run_resumes() {
     let asked: Vec<u64> = asks.iter().map(|a| a["id"].as_u64().unwrap()).collect();
     assert_eq!(asked, (0..7).collect::<Vec<u64>>());
 }
+
+#[test]
+fn the_shipped_test_function_config_runs_the_whole_loop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("zdt1");
+    let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/test-function.toml");
+    let o = run(&[
+        "optimize",
+        "--config",
+        cfg,
+        "--run-dir",
+        dir.to_str().unwrap(),
+        "--set",
+        "search.trials=25",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let trials = read_trials(&dir).unwrap();
+    assert_eq!(trials.len(), 25);
+    for t in &trials {
+        // ZDT1 by hand: f1 = x1, g = 1 + 9/5 * sum(x2..x6), f2 = g (1 - sqrt(f1 / g)).
+        let x: Vec<f64> = (1..=6)
+            .map(|i| t.config.f64(&format!("x{i}")).unwrap())
+            .collect();
+        let g = 1.0 + 9.0 / 5.0 * x[1..].iter().sum::<f64>();
+        let f2 = g * (1.0 - (x[0] / g).sqrt());
+        assert!((t.objectives[0] - x[0]).abs() < 1e-12);
+        assert!(
+            (t.objectives[1] - f2).abs() < 1e-9,
+            "{} vs {f2}",
+            t.objectives[1]
+        );
+    }
+    // The default (all 0.5) is trial 0; the search finds points that dominate it.
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("better than the default in every objective"),
+        "{out}"
+    );
+}
