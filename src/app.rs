@@ -58,7 +58,10 @@ pub enum StopReason {
 /// `summary.json`: the search as a whole.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
+    /// The optimizer's trials (the baseline not counted).
     pub trials: usize,
+    /// The trial that trained the default configuration at the largest budget after the search.
+    pub baseline: Option<u64>,
     pub failed: usize,
     pub stop: StopReason,
     pub front: Vec<u64>,
@@ -370,6 +373,36 @@ fn fail_first(w: usize, jobs: &Receiver<Trial>, done: &Sender<Finished>, e: Erro
     }
 }
 
+/// Baseline trials are numbered from here, apart from the optimizer's own.
+pub const BASELINE_IDS: u64 = 1_000_000;
+
+/// The default configuration at `max_budget`, continuing its furthest successful trial, when
+/// no successful trial of it reached that budget yet.
+fn baseline_trial(
+    lines: &[TrialLine],
+    default: &crate::space::Config,
+    max_budget: f64,
+    dir: &Path,
+) -> Option<Trial> {
+    let ok = |l: &&TrialLine| l.status == TrialStatus::Success && l.config == *default;
+    if lines.iter().filter(ok).any(|l| l.budget >= max_budget) {
+        return None;
+    }
+    let continues = lines
+        .iter()
+        .filter(ok)
+        .filter(|l| dir.join("checkpoints").join(l.id.to_string()).exists())
+        .max_by(|a, b| a.budget.total_cmp(&b.budget))
+        .map(|l| l.id);
+    let n = lines.iter().filter(|l| l.baseline).count() as u64;
+    Some(Trial {
+        id: BASELINE_IDS + n,
+        config: default.clone(),
+        budget: max_budget,
+        continues,
+    })
+}
+
 /// The stop criterion that is met, if any.
 fn stop_reason(
     cfg: &RunConfig,
@@ -483,10 +516,12 @@ pub fn optimize(cfg: &RunConfig, opts: &OptimizeOptions) -> Result<Summary, Erro
 
     // Replay what an earlier run finished: asks and tells in the order they happened.
     let mut lines = store::read_trials(dir)?;
+    // The baseline trials were never asked or told: they are not replayed.
+    let tells: Vec<TrialLine> = lines.iter().filter(|l| !l.baseline).cloned().collect();
     let mut asks = store::read_asks(dir)?;
     if asks.is_empty() {
         // A log written one trial at a time: trial k was asked after k tells.
-        asks = lines
+        asks = tells
             .iter()
             .enumerate()
             .map(|(told, l)| AskLine { id: l.id, told })
@@ -515,7 +550,7 @@ pub fn optimize(cfg: &RunConfig, opts: &OptimizeOptions) -> Result<Summary, Erro
                     )));
                 }
             }
-        } else if let Some(line) = lines.get(told) {
+        } else if let Some(line) = tells.get(told) {
             let Some(t) = asked.remove(&line.id) else {
                 return Err(mismatch(format!(
                     "trials.jsonl: trial {} finished but was never asked",
@@ -559,6 +594,16 @@ pub fn optimize(cfg: &RunConfig, opts: &OptimizeOptions) -> Result<Summary, Erro
     }
     // Trials that were running when the run stopped: evaluated again, first.
     let mut queue: VecDeque<Trial> = asked.into_values().collect();
+    for line in lines.iter().filter(|l| l.baseline) {
+        for r in &line.energy {
+            if r.cpu.source.to_string() != "opcount" {
+                energy_kwh += r.energy_kwh;
+                emissions_kg += r.emissions_kg;
+            }
+        }
+    }
+    let max_budget = f64::from(cfg.fidelity.max_epochs);
+    let mut baseline_sent = false;
 
     let mut log = TrialLog::open(dir)?;
     let mut ask_log = JsonlLog::open_asks(dir)?;
@@ -610,7 +655,7 @@ pub fn optimize(cfg: &RunConfig, opts: &OptimizeOptions) -> Result<Summary, Erro
                         Ask::Trial(t) => {
                             ask_log.append(&AskLine {
                                 id: t.id,
-                                told: lines.len(),
+                                told: lines.iter().filter(|l| !l.baseline).count(),
                             })?;
                             t
                         }
@@ -650,7 +695,25 @@ pub fn optimize(cfg: &RunConfig, opts: &OptimizeOptions) -> Result<Summary, Erro
                 ));
             }
             if running.is_empty() {
-                break;
+                // The search is done: train the default configuration at the largest budget
+                // (continuing its saved state), unless the search already did.
+                let baseline = (!baseline_sent
+                    && fatal.is_none()
+                    && stop == StopReason::TrialsDone
+                    && lines.iter().any(|l| l.status == TrialStatus::Success))
+                .then(|| baseline_trial(&lines, &info.default_config, max_budget, dir))
+                .flatten();
+                baseline_sent = true;
+                match (baseline, idle.pop()) {
+                    (Some(t), Some(w)) => {
+                        running.insert(t.id, format!("{} (default, {} ep)", t.id, t.epochs()));
+                        if jobs[w].send(t).is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                    _ => break,
+                }
             }
             let Ok(f) = done_rx.recv() else { break };
             idle.push(f.worker);
@@ -688,9 +751,12 @@ pub fn optimize(cfg: &RunConfig, opts: &OptimizeOptions) -> Result<Summary, Erro
             if let (Some(reason), Some(m)) = (&line.reason, &multi) {
                 let _ = m.println(format!("trial {} failed: {reason}", f.trial.id));
             }
+            let baseline = line.baseline;
             lines.push(line);
-            smbo.tell(f.trial.id, outcome)
-                .map_err(|e| run_err(dir, e.to_string()))?;
+            if !baseline {
+                smbo.tell(f.trial.id, outcome)
+                    .map_err(|e| run_err(dir, e.to_string()))?;
+            }
             write_front(dir, &info, &lines)?;
             if let Some(bar) = &main_bar {
                 bar.set_position(lines.len() as u64);
@@ -724,7 +790,8 @@ pub fn optimize(cfg: &RunConfig, opts: &OptimizeOptions) -> Result<Summary, Erro
     let _ = std::fs::remove_dir_all(dir.join("checkpoints"));
     let front = front_of(&lines);
     let summary = Summary {
-        trials: lines.len(),
+        trials: lines.iter().filter(|l| !l.baseline).count(),
+        baseline: lines.iter().rev().find(|l| l.baseline).map(|l| l.id),
         failed,
         stop,
         front: front.iter().map(|t| t.id).collect(),
@@ -775,5 +842,6 @@ fn line_of(
         energy,
         wall_s,
         finished_unix_s: now_unix(),
+        baseline: trial.id >= BASELINE_IDS,
     }
 }

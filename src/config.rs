@@ -350,10 +350,11 @@ impl RunConfig {
             )));
         }
         let s = &self.search;
-        if s.trials == 0 {
-            return Err(fail(
-                "[search] trials = 0: expected a positive integer".into(),
-            ));
+        if s.trials == 0 || s.trials >= 1_000_000 {
+            return Err(fail(format!(
+                "[search] trials = {}: expected a positive integer below 1000000",
+                s.trials
+            )));
         }
         if s.workers == 0 {
             return Err(fail(

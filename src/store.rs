@@ -73,6 +73,10 @@ pub struct TrialLine {
     pub wall_s: f64,
     /// Unix time the trial finished.
     pub finished_unix_s: f64,
+    /// The default configuration at the largest budget, trained after the search as the
+    /// baseline the report compares against; not part of the optimizer's history.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub baseline: bool,
 }
 
 /// JSON has no NaN: a diverged trial's losses are written as null and read back as NaN.
@@ -267,6 +271,7 @@ mod tests {
             energy: Vec::new(),
             wall_s: 1.0,
             finished_unix_s: 0.0,
+            baseline: false,
         }
     }
 

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use dsnn_hpo::app::BASELINE_IDS;
 use dsnn_hpo::store::{TrialStatus, read_trials};
 
 const TINY: &str = r#"
@@ -80,10 +81,25 @@ fn a_killed_run_resumes_without_losing_or_repeating_trials() {
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let expected = essence(&straight);
-    assert_eq!(expected.len(), 7);
     assert_eq!(
-        expected.iter().map(|e| e.0).collect::<Vec<_>>(),
+        expected
+            .iter()
+            .map(|e| e.0)
+            .filter(|id| *id < BASELINE_IDS)
+            .collect::<Vec<_>>(),
         (0..7).collect::<Vec<u64>>()
+    );
+    // The default configuration ends up trained at the largest budget (by the search or as
+    // the baseline after it), so the report compares against the default at full budget.
+    let run_info = dsnn_hpo::store::read_run_info(&straight).unwrap();
+    assert!(
+        read_trials(&straight)
+            .unwrap()
+            .iter()
+            .any(|t| t.config == run_info.default_config
+                && t.budget == 3.0
+                && t.status == TrialStatus::Success),
+        "no full-budget default"
     );
     for f in [
         "run.json",
@@ -301,13 +317,23 @@ fn a_command_objective_is_optimized_and_its_failures_logged() {
         "--quiet",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let trials = read_trials(&dir).unwrap();
+    let (baseline, trials): (Vec<_>, Vec<_>) = read_trials(&dir)
+        .unwrap()
+        .into_iter()
+        .partition(|t| t.baseline);
     assert_eq!(trials.len(), 8);
-    // The toy's formula, checked on the default configuration (x = y = 0.5) at its budget.
+    // The toy's formula, checked on the default configuration (x = y = 0.5) at its budget, and
+    // on the baseline: the default at the largest budget (9), trained after the search.
     let first = &trials[0];
-    let b = first.budget;
-    assert!((first.objectives[0] - (0.25 + 1.0 / (1.0 + b))).abs() < 1e-12);
-    assert!((first.objectives[1] - (0.5 * b / 9.0 + 0.01)).abs() < 1e-12);
+    assert!(first.budget < 9.0);
+    assert_eq!(baseline.len(), 1);
+    assert_eq!(baseline[0].config, first.config);
+    for t in [first, &baseline[0]] {
+        let b = t.budget;
+        assert!((t.objectives[0] - (0.25 + 1.0 / (1.0 + b))).abs() < 1e-12);
+        assert!((t.objectives[1] - (0.5 * b / 9.0 + 0.01)).abs() < 1e-12);
+    }
+    assert_eq!(baseline[0].budget, 9.0);
 
     // A command that fails: every trial is logged as failed with its stderr, and the run errs.
     let failing = text.replace(
@@ -393,6 +419,7 @@ fn two_workers_finish_every_trial_once_and_a_killed_parallel_run_resumes() {
         &before[..],
         "finished trials were rewritten"
     );
+    got.retain(|id| *id < BASELINE_IDS);
     got.sort_unstable();
     assert_eq!(got, (0..7).collect::<Vec<u64>>(), "each trial exactly once");
     let trials = read_trials(&dir).unwrap();

@@ -64,6 +64,7 @@ fn ok(id: u64, config: &Config, budget: f64, objectives: &[f64]) -> TrialLine {
         ],
         wall_s: 1.0,
         finished_unix_s: 0.0,
+        baseline: false,
     }
 }
 

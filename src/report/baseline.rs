@@ -248,6 +248,7 @@ mod tests {
             energy: Vec::new(),
             wall_s: 1.0,
             finished_unix_s: 0.0,
+            baseline: false,
         }
     }
 

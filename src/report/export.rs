@@ -118,6 +118,7 @@ mod tests {
             energy: Vec::new(),
             wall_s: 1.0,
             finished_unix_s: 0.0,
+            baseline: false,
         };
         write_front(dir.path(), &info, std::slice::from_ref(&line)).unwrap();
         let mut r = csv::Reader::from_path(dir.path().join("front.csv")).unwrap();
