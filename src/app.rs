@@ -161,6 +161,7 @@ fn build_optimizer(cfg: &RunConfig, space: SearchSpace, source: &Path) -> Result
     };
     settings.initial_design = cfg.search.initial_design;
     settings.random_fraction = cfg.search.random_fraction;
+    settings.front_fraction = cfg.search.front_fraction;
     Smbo::new(space, settings).map_err(|e| run_err(source, e.to_string()))
 }
 

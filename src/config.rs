@@ -60,6 +60,9 @@ pub struct SearchConfig {
     /// Share of model-phase proposals drawn at random instead.
     #[serde(default = "d_random_fraction")]
     pub random_fraction: f64,
+    /// Share of model-phase proposals that recombine Pareto-front configurations instead.
+    #[serde(default = "d_front_fraction")]
+    pub front_fraction: f64,
     /// Trials evaluated at once: on the CPU the cores are divided between them, on GPUs each
     /// takes its own device.
     #[serde(default = "d_workers")]
@@ -77,6 +80,7 @@ impl Default for SearchConfig {
             strategy: d_strategy(),
             initial_design: None,
             random_fraction: d_random_fraction(),
+            front_fraction: d_front_fraction(),
             workers: d_workers(),
         }
     }
@@ -93,7 +97,10 @@ fn d_strategy() -> String {
     "parego".into()
 }
 fn d_random_fraction() -> f64 {
-    0.2
+    0.05
+}
+fn d_front_fraction() -> f64 {
+    0.45
 }
 
 /// `[fidelity]`: training epochs as the budget.
@@ -372,6 +379,12 @@ impl RunConfig {
             return Err(fail(format!(
                 "[search] random_fraction = {}: expected a number in [0, 1]",
                 s.random_fraction
+            )));
+        }
+        if !(0.0..=1.0).contains(&s.front_fraction) || s.random_fraction + s.front_fraction > 1.0 {
+            return Err(fail(format!(
+                "[search] front_fraction = {}: expected a number in [0, 1 - random_fraction]",
+                s.front_fraction
             )));
         }
         for (key, v) in [

@@ -2,10 +2,19 @@
 //!
 //! `ask` lets the Hyperband [`Scheduler`] pick the slot (a promotion, or a new configuration at a rung-0
 //! budget). New configurations come from the initial design first (default configuration + Sobol), then
-//! either at random (a `random_fraction` of them, or all of them with [`Strategy::Random`]) or from the
-//! model: a ParEGO weight vector is drawn, the costs are scalarised and log-scaled, a random forest is fit,
-//! and expected improvement is maximised by random sampling plus local search. A configuration is never
+//! either at random (a `random_fraction` of them, or all of them with [`Strategy::Random`]), by
+//! recombining Pareto-front configurations (a `front_fraction` of them, see below) or from the model: a
+//! ParEGO weight vector is drawn, the costs are scalarised and log-scaled, a random forest is fit, and
+//! expected improvement is maximised by random sampling plus local search. A configuration is never
 //! proposed twice as new, so pending trials never share one.
+//!
+//! Front recombination draws each parameter from a randomly chosen non-dominated configuration and, for
+//! numeric parameters, adds Gaussian noise whose width follows the spread of that parameter over the front
+//! (Scott's rule), as TPE's per-parameter densities do. Parameters on which the front agrees (the ones
+//! that set the distance to the front) are kept nearly fixed while those that move along the front are
+//! mixed freely. The forest cannot learn that separable structure from ~100 points: it predicts a known
+//! good setting of the distance parameters badly once the position parameters change, so the model
+//! alone keeps refining a few clusters of the front and leaves the gaps between them open.
 //!
 //! Which data the model learns from: the trials at the highest budget that has at least
 //! `min_model_points` finished trials, else at the budget with the most finished trials. SMAC3 takes the
@@ -19,7 +28,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use thiserror::Error;
 
-use crate::space::SearchSpace;
+use crate::space::{FeatureKind, SearchSpace};
 
 use super::acquisition::{Acquisition, MaximizerSettings};
 use super::design;
@@ -49,8 +58,11 @@ pub struct SmboSettings {
     /// Size of the initial design including the default configuration; `None` = SMAC's rule (10 per
     /// hyperparameter, at most 25% of `max_trials`).
     pub initial_design: Option<usize>,
-    /// Probability that a model-phase proposal is random instead (SMAC: 0.2).
+    /// Probability that a model-phase proposal is uniformly random instead (SMAC: 0.2).
     pub random_fraction: f64,
+    /// Probability that a model-phase proposal recombines Pareto-front configurations instead (see the
+    /// module doc); `random_fraction + front_fraction` is at most 1.
+    pub front_fraction: f64,
     /// Finished trials a budget needs before the model prefers it (see the module doc).
     pub min_model_points: usize,
     pub forest: ForestSettings,
@@ -67,7 +79,8 @@ impl SmboSettings {
             budgets,
             strategy: Strategy::ParEgo,
             initial_design: None,
-            random_fraction: 0.2,
+            random_fraction: 0.05,
+            front_fraction: 0.45,
             min_model_points: 8,
             forest: ForestSettings::default(),
             maximizer: MaximizerSettings::default(),
@@ -80,6 +93,11 @@ impl SmboSettings {
         }
         if !(0.0..=1.0).contains(&self.random_fraction) {
             return Err(SettingsError::RandomFraction(self.random_fraction));
+        }
+        if !(0.0..=1.0).contains(&self.front_fraction)
+            || self.random_fraction + self.front_fraction > 1.0
+        {
+            return Err(SettingsError::FrontFraction(self.front_fraction));
         }
         if self.forest.n_trees == 0 {
             return Err(SettingsError::NoTrees);
@@ -98,6 +116,8 @@ pub enum SettingsError {
     NoObjectives,
     #[error("random_fraction must be in [0, 1], got {0}")]
     RandomFraction(f64),
+    #[error("front_fraction must be in [0, 1 - random_fraction], got {0}")]
+    FrontFraction(f64),
     #[error("the forest needs at least 1 tree (forest.n_trees = 0)")]
     NoTrees,
     #[error("the acquisition maximiser has no candidates: n_random and n_local_starts are both 0")]
@@ -309,13 +329,66 @@ impl Smbo {
                 return Some(v);
             }
         }
-        if self.settings.strategy == Strategy::ParEgo
-            && self.rng.random::<f64>() >= self.settings.random_fraction
-            && let Some(v) = self.propose_from_model()
-        {
-            return Some(v);
+        if self.settings.strategy == Strategy::ParEgo {
+            let u = self.rng.random::<f64>();
+            if u >= self.settings.random_fraction {
+                if u < self.settings.random_fraction + self.settings.front_fraction
+                    && let Some(v) = self.propose_from_front()
+                {
+                    return Some(v);
+                }
+                if let Some(v) = self.propose_from_model() {
+                    return Some(v);
+                }
+            }
         }
         self.propose_random()
+    }
+
+    /// A recombination of the non-dominated configurations at the model's budget (see the module doc), or
+    /// `None` while the front has fewer than 2 of them or no unseen recombination turns up.
+    fn propose_from_front(&mut self) -> Option<Vec<f64>> {
+        let budget = self.model_budget()?;
+        let (vectors, costs): (Vec<&Vec<f64>>, Vec<Vec<f64>>) = self
+            .records
+            .iter()
+            .filter(|r| r.trial.budget == budget)
+            .filter_map(|r| match &r.outcome {
+                Some(Outcome::Success { objectives }) => Some((&r.vector, objectives.clone())),
+                _ => None,
+            })
+            .unzip();
+        let parents: Vec<&Vec<f64>> = pareto::non_dominated(&costs)
+            .into_iter()
+            .map(|i| vectors[i])
+            .collect();
+        if parents.len() < 2 {
+            return None;
+        }
+        let kinds = self.space.feature_kinds();
+        let widths: Vec<f64> = (0..kinds.len())
+            .map(|j| front_bandwidth(parents.iter().map(|p| p[j]).filter(|x| !x.is_nan())))
+            .collect();
+        for _ in 0..50 {
+            let mut v: Vec<f64> = kinds
+                .iter()
+                .enumerate()
+                .map(|(j, kind)| {
+                    let x = parents[self.rng.random_range(0..parents.len())][j];
+                    match kind {
+                        FeatureKind::Continuous if !x.is_nan() => (x + widths[j]
+                            * crate::space::standard_normal(&mut self.rng))
+                        .clamp(0.0, 1.0),
+                        _ => x,
+                    }
+                })
+                .collect();
+            self.space.repair(&mut v);
+            if !self.proposed.contains(&SearchSpace::key(&v)) {
+                return Some(v);
+            }
+        }
+        None
     }
 
     fn propose_random(&mut self) -> Option<Vec<f64>> {
@@ -410,6 +483,20 @@ impl Smbo {
     }
 }
 
+/// Noise width for one numeric parameter of a front recombination: the sample standard deviation of its
+/// values on the front (unit scale) times Scott's factor `n^(-1/5)`, kept within [0.01, 0.3] so a front
+/// that agrees exactly still gets explored around and a scattered one does not become uniform noise.
+fn front_bandwidth(values: impl Iterator<Item = f64>) -> f64 {
+    let xs: Vec<f64> = values.collect();
+    if xs.len() < 2 {
+        return 0.1;
+    }
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (var.sqrt() * n.powf(-0.2)).clamp(0.01, 0.3)
+}
+
 /// SMAC3's log-scaled targets: min-max scale to (0, 1] with the minimum pushed below the best value by
 /// its distance to the 5th percentile (so the best point is not sent to log 0), then take the log.
 pub fn log_scale(values: &[f64]) -> Vec<f64> {
@@ -455,6 +542,16 @@ mod tests {
         assert!(y.windows(2).all(|w| w[0] < w[1]));
         // Constant targets stay finite.
         assert!(log_scale(&[3.0, 3.0]).iter().all(|v| v.is_finite()));
+    }
+
+    #[test]
+    fn front_bandwidth_follows_the_spread() {
+        // Values 0.2, 0.4, 0.6: sd 0.2, times 3^(-1/5).
+        let w = front_bandwidth([0.2, 0.4, 0.6].into_iter());
+        assert!((w - 0.2 * 3f64.powf(-0.2)).abs() < 1e-12);
+        assert_eq!(front_bandwidth([0.5, 0.5, 0.5].into_iter()), 0.01);
+        assert_eq!(front_bandwidth([0.0, 1.0].into_iter()), 0.3);
+        assert_eq!(front_bandwidth([0.3].into_iter()), 0.1);
     }
 
     #[test]
