@@ -79,6 +79,27 @@ pub struct TrialLine {
     pub baseline: bool,
 }
 
+impl TrialLine {
+    /// A successful trial without metrics or energy records: for tools and tests that write
+    /// logs of their own.
+    pub fn success(id: u64, config: Config, budget: f64, objectives: Vec<f64>) -> TrialLine {
+        TrialLine {
+            id,
+            config,
+            budget,
+            continued_from: None,
+            status: TrialStatus::Success,
+            reason: None,
+            objectives,
+            metrics: None,
+            energy: Vec::new(),
+            wall_s: 1.0,
+            finished_unix_s: 0.0,
+            baseline: false,
+        }
+    }
+}
+
 /// JSON has no NaN: a diverged trial's losses are written as null and read back as NaN.
 mod nan_as_null {
     use serde::{Deserialize, Deserializer, Serializer};

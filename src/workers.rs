@@ -167,24 +167,46 @@ mod tests {
         }
     }
 
+    /// Spins until `clock` has advanced by `d` of CPU time (or 20 s of wall time pass, so a
+    /// clock that never moves fails instead of hanging).
+    fn burn_cpu(clock: impl Fn() -> Duration, d: Duration) -> bool {
+        let start = clock();
+        let wall = std::time::Instant::now();
+        while clock().saturating_sub(start) < d {
+            spin(Duration::from_millis(1));
+            if wall.elapsed() > Duration::from_secs(20) {
+                return false;
+            }
+        }
+        true
+    }
+
     #[test]
     fn thread_clocks_count_only_registered_threads() {
-        let clocks = ThreadClocks::default();
-        let c = clocks.clone();
+        let worker = ThreadClocks::default();
+        let main = ThreadClocks::default();
+        main.register_current();
+        let (registered, wait) = std::sync::mpsc::channel();
+        let (release, done) = std::sync::mpsc::channel::<()>();
         std::thread::scope(|s| {
+            let w = worker.clone();
             s.spawn(move || {
-                c.register_current();
-                spin(Duration::from_millis(60));
-                // Read while the thread is alive: its clock ends with it.
-                let t = c.total();
-                assert!(t >= Duration::from_millis(30), "{t:?}");
+                w.register_current();
+                // The worker's own CPU time shows on its clock.
+                let moved = burn_cpu(|| w.total(), Duration::from_millis(20));
+                registered.send(moved).unwrap();
+                // Idle (alive, so its clock stays readable) while the main thread works.
+                done.recv().unwrap();
             });
+            assert!(wait.recv().unwrap(), "the worker's clock did not advance");
+            assert_eq!(worker.len(), 1);
+            let before = worker.total();
+            assert!(burn_cpu(|| main.total(), Duration::from_millis(30)));
+            // 30 ms of the main thread's work moved the idle worker's clock by next to nothing.
+            let moved = worker.total().saturating_sub(before);
+            assert!(moved < Duration::from_millis(5), "{moved:?}");
+            release.send(()).unwrap();
         });
-        assert_eq!(clocks.len(), 1);
-        // The spawning thread's own work is not counted.
-        let before = clocks.total();
-        spin(Duration::from_millis(30));
-        assert!(clocks.total() <= before + Duration::from_millis(5));
     }
 
     /// A process clock that reads twice the worker's own time: the worker did half the work.
@@ -199,9 +221,9 @@ mod tests {
     fn the_share_is_own_cpu_time_over_the_process_and_scales_the_record() {
         let clocks = ThreadClocks::default();
         clocks.register_current();
-        let share = CpuShare::with_process(clocks.clone(), Box::new(Double(clocks)));
+        let share = CpuShare::with_process(clocks.clone(), Box::new(Double(clocks.clone())));
         let mark = share.mark().unwrap();
-        spin(Duration::from_millis(40));
+        assert!(burn_cpu(|| clocks.total(), Duration::from_millis(20)));
         let s = share.since(&mark).unwrap();
         // Both clocks are read a few nanoseconds apart.
         assert!((s - 0.5).abs() < 0.01, "{s}");

@@ -47,6 +47,32 @@ fn write_config(dir: &Path, text: &str) -> PathBuf {
     p
 }
 
+/// Starts `args --run-dir dir` and kills it once `n` trials are logged (or it ends, or two
+/// minutes pass).
+fn kill_after(args: &[&str], dir: &Path, n: usize) {
+    let mut child = bin()
+        .args(args)
+        .arg("--run-dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let done = read_trials(dir).map(|t| t.len()).unwrap_or(0);
+        if done >= n || start.elapsed() > Duration::from_secs(120) {
+            break;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// What must repeat exactly between runs: everything but timings and measured energy.
 fn essence(dir: &Path) -> Vec<(u64, String, u64, Vec<u64>)> {
     read_trials(dir)
@@ -175,32 +201,7 @@ fn a_killed_run_resumes_without_losing_or_repeating_trials() {
 
     // Killed after two finished trials, then resumed.
     let killed = tmp.path().join("killed");
-    let mut child = bin()
-        .args([
-            "optimize",
-            "--config",
-            cfg_s,
-            "--run-dir",
-            killed.to_str().unwrap(),
-            "--quiet",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    loop {
-        let done = read_trials(&killed).map(|t| t.len()).unwrap_or(0);
-        if done >= 2 || start.elapsed() > Duration::from_secs(120) {
-            break;
-        }
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    kill_after(&["optimize", "--config", cfg_s, "--quiet"], &killed, 2);
     let before = read_trials(&killed).unwrap().len();
     assert!(before >= 2, "the run was killed after {before} trials");
 
@@ -371,33 +372,11 @@ fn two_workers_finish_every_trial_once_and_a_killed_parallel_run_resumes() {
     let cfg = write_config(tmp.path(), TINY);
     let cfg_s = cfg.to_str().unwrap();
     let dir = tmp.path().join("par");
-    let mut child = bin()
-        .args([
-            "optimize",
-            "--config",
-            cfg_s,
-            "--run-dir",
-            dir.to_str().unwrap(),
-            "--workers",
-            "2",
-            "--quiet",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    loop {
-        if ids(&dir).len() >= 2 || start.elapsed() > Duration::from_secs(120) {
-            break;
-        }
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    kill_after(
+        &["optimize", "--config", cfg_s, "--workers", "2", "--quiet"],
+        &dir,
+        2,
+    );
     let before = ids(&dir);
     assert!(before.len() >= 2, "killed after {before:?}");
     let asks = std::fs::read_to_string(dir.join("asks.jsonl")).unwrap();

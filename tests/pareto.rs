@@ -50,21 +50,11 @@ fn record(phase: &str, gpu: SourceKind) -> EnergyRecord {
 
 fn ok(id: u64, config: &Config, budget: f64, objectives: &[f64]) -> TrialLine {
     TrialLine {
-        id,
-        config: config.clone(),
-        budget,
-        continued_from: None,
-        status: TrialStatus::Success,
-        reason: None,
-        objectives: objectives.to_vec(),
-        metrics: None,
         energy: vec![
             record("train", SourceKind::None),
             record("inference", SourceKind::None),
         ],
-        wall_s: 1.0,
-        finished_unix_s: 0.0,
-        baseline: false,
+        ..TrialLine::success(id, config.clone(), budget, objectives.to_vec())
     }
 }
 

@@ -236,20 +236,7 @@ mod tests {
     fn trial(id: u64, lr: f64, budget: f64, objectives: &[f64]) -> TrialLine {
         let mut config = Config::new();
         config.insert("lr", lr);
-        TrialLine {
-            id,
-            config,
-            budget,
-            continued_from: None,
-            status: TrialStatus::Success,
-            reason: None,
-            objectives: objectives.to_vec(),
-            metrics: None,
-            energy: Vec::new(),
-            wall_s: 1.0,
-            finished_unix_s: 0.0,
-            baseline: false,
-        }
+        TrialLine::success(id, config, budget, objectives.to_vec())
     }
 
     fn names(n: &[&str]) -> Vec<String> {

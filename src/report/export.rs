@@ -91,7 +91,6 @@ pub fn write_front(dir: &Path, info: &RunInfo, lines: &[TrialLine]) -> Result<()
 mod tests {
     use super::*;
     use crate::space::Config;
-    use crate::store::TrialStatus;
 
     #[test]
     fn front_csv_quotes_the_configuration_and_reads_back() {
@@ -106,20 +105,7 @@ mod tests {
             meta_hash: "0".into(),
             config_toml: String::new(),
         };
-        let line = TrialLine {
-            id: 7,
-            config,
-            budget: 9.0,
-            continued_from: None,
-            status: TrialStatus::Success,
-            reason: None,
-            objectives: vec![0.25, 1.5e-6],
-            metrics: None,
-            energy: Vec::new(),
-            wall_s: 1.0,
-            finished_unix_s: 0.0,
-            baseline: false,
-        };
+        let line = TrialLine::success(7, config, 9.0, vec![0.25, 1.5e-6]);
         write_front(dir.path(), &info, std::slice::from_ref(&line)).unwrap();
         let mut r = csv::Reader::from_path(dir.path().join("front.csv")).unwrap();
         let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();

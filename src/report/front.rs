@@ -88,20 +88,7 @@ mod tests {
         let mut config = Config::new();
         config.insert("lr", lr);
         config.insert("optimizer", "sgd");
-        TrialLine {
-            id,
-            config,
-            budget,
-            continued_from: None,
-            status: TrialStatus::Success,
-            reason: None,
-            objectives: objectives.to_vec(),
-            metrics: None,
-            energy: Vec::new(),
-            wall_s: 1.0,
-            finished_unix_s: 0.0,
-            baseline: false,
-        }
+        TrialLine::success(id, config, budget, objectives.to_vec())
     }
 
     fn ids(ts: &[&TrialLine]) -> Vec<u64> {
