@@ -165,11 +165,14 @@ fn build_optimizer(cfg: &RunConfig, space: SearchSpace, source: &Path) -> Result
     Smbo::new(space, settings).map_err(|e| run_err(source, e.to_string()))
 }
 
-/// What a trial runs: a DSNN training, a user's command or a built-in test problem.
+/// What a trial runs: a DSNN training, or any other [`Evaluator`] (a user's command, a built-in
+/// test problem), whose objectives come from `source` (e.g. "as printed by the objective command").
 enum Runner<'a> {
     Dsnn(Box<DsnnObjective<'a>>),
-    Command(CommandObjective),
-    Problem(ProblemEvaluator),
+    Other {
+        eval: Box<dyn Evaluator>,
+        source: String,
+    },
 }
 
 /// The built-in test problem `[objective] kind` names, if it names one.
@@ -183,23 +186,17 @@ impl Runner<'_> {
     fn names(&self) -> Vec<String> {
         match self {
             Runner::Dsnn(d) => d.objective_names(),
-            Runner::Command(c) => c.objective_names(),
-            Runner::Problem(p) => p.objective_names(),
+            Runner::Other { eval, .. } => eval.objective_names(),
         }
     }
 
     fn sources(&self) -> Vec<String> {
         match self {
             Runner::Dsnn(d) => d.objective_sources(),
-            Runner::Command(c) => c
+            Runner::Other { eval, source } => eval
                 .objective_names()
                 .iter()
-                .map(|n| format!("{n} as printed by the objective command"))
-                .collect(),
-            Runner::Problem(p) => p
-                .objective_names()
-                .iter()
-                .map(|n| format!("{n} of the test problem {} (computed)", p.problem.name()))
+                .map(|n| format!("{n} {source}"))
                 .collect(),
         }
     }
@@ -207,16 +204,8 @@ impl Runner<'_> {
     fn evaluate(&mut self, trial: &Trial) -> Result<Evaluation, Error> {
         match self {
             Runner::Dsnn(d) => Ok(d.evaluate(trial)?),
-            Runner::Command(c) => Ok(Evaluation {
-                outcome: c.evaluate(trial).map_err(|e| Error::Run {
-                    path: PathBuf::from("[objective]"),
-                    message: e.to_string(),
-                })?,
-                metrics: None,
-                energy: Vec::new(),
-            }),
-            Runner::Problem(p) => Ok(Evaluation {
-                outcome: p.evaluate(trial).map_err(|e| Error::Run {
+            Runner::Other { eval, .. } => Ok(Evaluation {
+                outcome: eval.evaluate(trial).map_err(|e| Error::Run {
                     path: PathBuf::from("[objective]"),
                     message: e.to_string(),
                 })?,
@@ -267,13 +256,16 @@ impl<'a> WorkerContext<'a> {
                 d.share = share;
                 Ok(Runner::Dsnn(Box::new(d)))
             }
-            _ => match problem_of(self.cfg) {
-                Some(problem) => Ok(Runner::Problem(ProblemEvaluator { problem })),
-                None => Ok(Runner::Command(command_objective(
-                    self.cfg,
-                    self.config_path,
-                )?)),
-            },
+            _ => Ok(match problem_of(self.cfg) {
+                Some(problem) => Runner::Other {
+                    eval: Box::new(ProblemEvaluator { problem }),
+                    source: format!("of the test problem {} (computed)", problem.name()),
+                },
+                None => Runner::Other {
+                    eval: Box::new(command_objective(self.cfg, self.config_path)?),
+                    source: "as printed by the objective command".into(),
+                },
+            }),
         }
     }
 
