@@ -266,6 +266,9 @@ mod tests {
             DeviceChoice::Wgpu(None)
         );
         assert_eq!(worker_device(DeviceChoice::Cpu, 1, 2), DeviceChoice::Cpu);
-        assert!(cpu_threads(64) >= 1);
+        // Cores are split between workers, never below one thread each.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(cpu_threads(1), cores);
+        assert_eq!(cpu_threads(cores * 4), 1);
     }
 }
