@@ -6,7 +6,9 @@ use burn::tensor::{Device, Tensor, TensorData};
 use dsnn_hpo::arch::{Backbone, InputShape, NetSpec};
 use dsnn_hpo::model::{ConvLayer, DenseLayer, Network};
 use dsnn_hpo::shift::layer::{ShiftConv2dConfig, ShiftLinearConfig};
-use dsnn_hpo::shift::quant::{fixed_point, pow2, quantize_ps, quantize_q, round};
+use dsnn_hpo::shift::quant::{
+    fixed_point, pow2, ps_weight, q_weight, quantize_ps, quantize_q, round,
+};
 use dsnn_hpo::shift::{Rounding, ShiftKind, ShiftSettings};
 
 fn cpu() -> Device {
@@ -48,6 +50,45 @@ fn q_rounding_by_hand_at_2_3_5_8_bits() {
         let got = vals(quantize_q(t1(&w, &cpu()), bits, DET));
         assert_eq!(got, expected, "weight_bits {bits}");
     }
+}
+
+#[test]
+fn q_rounds_exactly_at_powers_of_two_and_at_sqrt_2() {
+    // round(log2 m) flips at m = sqrt 2: the f32 just below it rounds down, the next one up,
+    // at every exponent; exact powers of two stay themselves.
+    let below = f32::from_bits(std::f32::consts::SQRT_2.to_bits());
+    assert!((below as f64) < std::f64::consts::SQRT_2);
+    let above = f32::from_bits(below.to_bits() + 1);
+    let mut w = Vec::new();
+    let mut expected = Vec::new();
+    for e in -15..=-1 {
+        let scale = 2f32.powi(e);
+        w.extend([scale, below * scale, -above * scale]);
+        expected.extend([scale, scale, -2.0 * scale]);
+    }
+    let got = vals(quantize_q(t1(&w, &cpu()), 5, DET));
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn stochastic_q_and_ps_use_the_given_draws() {
+    // log2 0.75 = -0.415: floor -1, fraction 0.585; the draw decides 2^0 or 2^-1.
+    let w = [0.75f32, 0.75, -0.75];
+    let u = [0.5f32, 0.6, 0.58];
+    let got = vals(q_weight(t1(&w, &cpu()), 5, Some(t1(&u, &cpu()))));
+    assert_eq!(got, [1.0, 0.5, -1.0]);
+    // PS: P = -1.25 rounds up to -1 when u < 0.75; S = -0.5 rounds to 0 (sign 0) when u < 0.5.
+    let p = [-1.25f32, -1.25, -1.25];
+    let s = [0.3f32, 0.3, -0.5];
+    let (up, us) = ([0.7f32, 0.8, 0.1], [0.2f32, 0.4, 0.3]);
+    let got = vals(ps_weight(
+        t1(&p, &cpu()),
+        t1(&s, &cpu()),
+        5,
+        Some((t1(&up, &cpu()), t1(&us, &cpu()))),
+    ));
+    // signs: 0.3 -> 1 (u 0.2 < 0.3), 0 (u 0.4 >= 0.3); -0.5 -> 0 (u 0.3 < 0.5).
+    assert_eq!(got, [0.5, 0.0, 0.0]);
 }
 
 #[test]
