@@ -18,7 +18,7 @@ fn gpu() -> Option<Device> {
     let probe = catch_unwind(AssertUnwindSafe(|| {
         let device = Device::wgpu(DeviceKind::DefaultDevice);
         let t = Tensor::<1>::from_floats([1.0, 2.0], &device) * 2.0;
-        (t.into_data().to_vec::<f32>().ok()? == vec![2.0, 4.0]).then_some(device)
+        (t.into_data().try_to_vec::<f32>().ok()? == vec![2.0, 4.0]).then_some(device)
     }));
     match probe {
         Ok(Some(device)) => Some(device),
@@ -37,7 +37,7 @@ fn t1(v: &[f32], device: &Device) -> Tensor<1> {
 }
 
 fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().to_vec::<f32>().expect("f32 tensor")
+    t.into_data().try_to_vec::<f32>().expect("f32 tensor")
 }
 
 /// Bitwise comparison (so -0 and 0 differ and NaN equals NaN), naming the first mismatches.

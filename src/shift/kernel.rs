@@ -222,12 +222,11 @@ fn is_nan(x: f32) -> bool {
 /// 2^p for an integer p in [-149, 127], built from bits (exact, unlike `exp2` on a GPU).
 #[cube]
 fn pow2(p: i32) -> f32 {
-    let mut bits = 0u32;
-    if p >= -126 {
-        bits = u32::cast_from(p + 127) << 23u32;
+    let bits = if p >= -126 {
+        u32::cast_from(p + 127) << 23u32
     } else {
-        bits = 1u32 << u32::cast_from(p + 149);
-    }
+        1u32 << u32::cast_from(p + 149)
+    };
     f32::reinterpret(bits)
 }
 
@@ -296,12 +295,11 @@ fn shift_q_kernel(
             // |x| = m * 2^e with m in [1, 2): round(log2|x|) = e + round(log2 m).
             let e = i32::cast_from(biased) - 127;
             let m = f32::reinterpret((bits & 0x007f_ffffu32) | 0x3f80_0000u32);
-            let mut up = false;
-            if stochastic {
-                up = noise[i] < f32::ln(m) / LN_2;
+            let up = if stochastic {
+                noise[i] < f32::ln(m) / LN_2
             } else {
-                up = m > SQRT_2;
-            }
+                m > SQRT_2
+            };
             p = e;
             if up {
                 p = e + 1;
@@ -343,15 +341,14 @@ fn shift_ps_kernel(
         out[i] = p_raw + s_raw;
     } else {
         let clamped = clamp_f32(p_raw, lo, hi);
-        let mut p = 0.0f32;
-        let mut s = 0.0f32;
-        if stochastic {
-            p = round_stochastic(clamped, noise_shift[i]);
-            s = round_stochastic(s_raw, noise_sign[i]);
+        let (p, s) = if stochastic {
+            (
+                round_stochastic(clamped, noise_shift[i]),
+                round_stochastic(s_raw, noise_sign[i]),
+            )
         } else {
-            p = round_even(clamped);
-            s = round_even(s_raw);
-        }
+            (round_even(clamped), round_even(s_raw))
+        };
         let mut sgn = 0.0f32;
         if s > 0.0 {
             sgn = 1.0f32;
