@@ -5,6 +5,7 @@
 #![cfg(feature = "wgpu")]
 
 use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
+use dsnn_hpo::shift::kernel;
 use dsnn_hpo::shift::quant::{
     fixed_point, fixed_point_value, ps_weight, q_weight, quantize_ps, quantize_q,
 };
@@ -18,10 +19,16 @@ fn gpu() -> Option<Device> {
     let probe = catch_unwind(AssertUnwindSafe(|| {
         let device = Device::wgpu(DeviceKind::DefaultDevice);
         let t = Tensor::<1>::from_floats([1.0, 2.0], &device) * 2.0;
+        // The kernels must be the path the quantizers take here, or this file tests nothing.
+        assert!(kernel::applies(&t), "a wgpu f32 tensor must go to the kernels");
         (t.into_data().try_to_vec::<f32>().ok()? == vec![2.0, 4.0]).then_some(device)
     }));
     match probe {
-        Ok(Some(device)) => Some(device),
+        Ok(Some(device)) => {
+            let name = device.identity().map(|id| format!("{} ({})", id.name, id.fingerprint));
+            eprintln!("wgpu adapter: {}", name.as_deref().unwrap_or("unnamed"));
+            Some(device)
+        }
         _ => {
             eprintln!(
                 "skipped: no usable wgpu adapter (install a GPU driver, or lavapipe: \
@@ -145,7 +152,18 @@ fn ps_kernel_matches_the_cpu_path_in_both_roundings() {
             _ => rng.random_range(-1.5f32..1.5),
         })
         .collect();
-    let (up, us) = (uniform(n, 31), uniform(n, 32));
+    let (mut shift, mut sign) = (shift, sign);
+    let (mut up, mut us) = (uniform(n, 31), uniform(n, 32));
+    // Draws equal to the fraction, zero included: an integer must stay itself (u = 0 is not
+    // below frac 0) and -2.75 + u 0.25 must round down, on both paths.
+    for i in 0..128 {
+        let k = (i % 9) as f32;
+        if i < 64 {
+            (shift[i], up[i], sign[i], us[i]) = (-k, 0.0, (i % 3) as f32 - 1.0, 0.0);
+        } else {
+            (shift[i], up[i], sign[i], us[i]) = (-k - 0.75, 0.25, 0.25, 0.25);
+        }
+    }
     for bits in [2, 3, 5, 8] {
         for stochastic in [false, true] {
             let run = |d: &Device| {
