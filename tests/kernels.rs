@@ -20,12 +20,17 @@ fn gpu() -> Option<Device> {
         let device = Device::wgpu(DeviceKind::DefaultDevice);
         let t = Tensor::<1>::from_floats([1.0, 2.0], &device) * 2.0;
         // The kernels must be the path the quantizers take here, or this file tests nothing.
-        assert!(kernel::applies(&t), "a wgpu f32 tensor must go to the kernels");
+        assert!(
+            kernel::applies(&t),
+            "a wgpu f32 tensor must go to the kernels"
+        );
         (t.into_data().try_to_vec::<f32>().ok()? == vec![2.0, 4.0]).then_some(device)
     }));
     match probe {
         Ok(Some(device)) => {
-            let name = device.identity().map(|id| format!("{} ({})", id.name, id.fingerprint));
+            let name = device
+                .identity()
+                .map(|id| format!("{} ({})", id.name, id.fingerprint));
             eprintln!("wgpu adapter: {}", name.as_deref().unwrap_or("unnamed"));
             Some(device)
         }
