@@ -27,7 +27,9 @@ use crate::error::Error;
 use crate::eval::Evaluator;
 use crate::eval::command::CommandObjective;
 use crate::eval::problems::{Problem, ProblemEvaluator};
-use crate::opt::{Ask, Budgets, Outcome, Smbo, SmboSettings, Strategy, Trial};
+use crate::constraint::{Constraints, Quantity, Values, design_values};
+use crate::energy::repeat::measure_repeated;
+use crate::opt::{Ask, Budgets, KnownConstraint, Outcome, Smbo, SmboSettings, Strategy, Trial};
 use crate::progress::EpochBar;
 use crate::report::export::write_front;
 use crate::report::{front_of, normalised_hypervolume};
@@ -139,12 +141,12 @@ pub fn search_space(
     Ok(space)
 }
 
-fn build_optimizer(cfg: &RunConfig, space: SearchSpace, source: &Path) -> Result<Smbo, Error> {
-    let n_objectives = if cfg.objective.kind == "dsnn" || problem_of(cfg).is_some() {
-        2
-    } else {
-        cfg.objective.names.len()
-    };
+fn build_optimizer(
+    cfg: &RunConfig,
+    space: SearchSpace,
+    n_objectives: usize,
+    source: &Path,
+) -> Result<Smbo, Error> {
     let f = &cfg.fidelity;
     let budgets = Budgets {
         min: f64::from(f.min_epochs),
@@ -211,6 +213,7 @@ impl Runner<'_> {
                 })?,
                 metrics: None,
                 energy: Vec::new(),
+                per_layer: None,
             }),
         }
     }
@@ -228,6 +231,8 @@ struct WorkerContext<'a> {
     /// `None` for a command objective.
     device: Option<DeviceChoice>,
     training_energy: TrainingEnergy,
+    /// `[[constraints]]` with the default configuration's reference values.
+    constraints: Constraints,
 }
 
 impl<'a> WorkerContext<'a> {
@@ -254,6 +259,9 @@ impl<'a> WorkerContext<'a> {
                 )
                 .with_training_energy(self.training_energy.clone());
                 d.share = share;
+                d.repeat = self.cfg.energy.repeat();
+                d.per_layer = self.cfg.energy.per_layer;
+                d.constraints = self.constraints.clone();
                 Ok(Runner::Dsnn(Box::new(d)))
             }
             _ => Ok(match problem_of(self.cfg) {
@@ -320,6 +328,7 @@ fn run_worker(ctx: &WorkerContext<'_>, w: usize, jobs: Receiver<Trial>, done: Se
                             },
                             metrics: None,
                             energy: Vec::new(),
+                            per_layer: None,
                         })
                     });
             let f = Finished {
@@ -377,7 +386,7 @@ fn baseline_trial(
     max_budget: f64,
     dir: &Path,
 ) -> Option<Trial> {
-    let ok = |l: &&TrialLine| l.status == TrialStatus::Success && l.config == *default;
+    let ok = |l: &&TrialLine| l.measured() && l.config == *default;
     if lines.iter().filter(ok).any(|l| l.budget >= max_budget) {
         return None;
     }
@@ -430,13 +439,79 @@ fn command_objective(cfg: &RunConfig, source: &Path) -> Result<CommandObjective,
     Ok(c)
 }
 
+/// `[[constraints]]` with the default configuration's values for relative bounds: known-ahead
+/// ones from its layer table; its inference energy per image measured once (repeated passes, on
+/// its freshly built network: float emulation spends the same whatever the weights) before the
+/// first trial, or taken from the run being resumed, so a resume judges as the run did.
+fn constraints_of(
+    cfg: &RunConfig,
+    data: &LoadedData,
+    default: &crate::space::Config,
+    previous: Option<&Values>,
+    tracker: &EnergyTracker,
+    device: DeviceChoice,
+) -> Result<Constraints, Error> {
+    let mut c = Constraints::new(cfg.constraints.clone());
+    let needed = c.relative_quantities();
+    if needed.is_empty() {
+        return Ok(c);
+    }
+    let train = trial_config(&cfg.train, default)?;
+    let spec = train.net_spec(data.dims(), data.num_classes())?;
+    c.reference = design_values(&spec, &cfg.energy.opcount)?;
+    if needed.contains(&Quantity::InferenceJPerImage) {
+        let known = previous.and_then(|p| p.get(&Quantity::InferenceJPerImage).copied());
+        let value = match known {
+            Some(v) => v,
+            None => {
+                let device = device.device()?;
+                device.seed(train.seed);
+                let model = crate::model::Network::init(&spec, &device);
+                let rec = measure_repeated(&cfg.energy.repeat(), || {
+                    let w = tracker.start("reference")?;
+                    crate::train::evaluate(&model, &data.valid, data, 256, &device)?;
+                    Ok::<_, Error>(tracker.stop(w)?)
+                })?;
+                rec.pass_kwh() * crate::energy::J_PER_KWH / data.valid.len().max(1) as f64
+            }
+        };
+        c.reference.insert(Quantity::InferenceJPerImage, value);
+    }
+    Ok(c)
+}
+
+/// The predicate the optimizer proposes under: a configuration whose known-ahead quantities
+/// (from its layer table) meet every such constraint. One the table cannot be built for is let
+/// through: its trial fails with the reason.
+fn known_constraint(
+    cfg: &RunConfig,
+    data: &LoadedData,
+    constraints: &Constraints,
+) -> Option<KnownConstraint> {
+    if !constraints.has_known_ahead() {
+        return None;
+    }
+    let (base, dims, classes) = (cfg.train.clone(), data.dims(), data.num_classes());
+    let energies = cfg.energy.opcount.clone();
+    let constraints = constraints.clone();
+    Some(std::sync::Arc::new(move |config: &crate::space::Config| {
+        let values = trial_config(&base, config)
+            .ok()
+            .and_then(|t| t.net_spec(dims, classes).ok())
+            .and_then(|spec| design_values(&spec, &energies).ok());
+        values.is_none_or(|v| constraints.known_violations(&v).is_empty())
+    }))
+}
+
 /// Runs (or resumes) a search; returns its summary.
 pub fn optimize(cfg: &RunConfig, opts: &OptimizeOptions) -> Result<Summary, Error> {
     let started = Instant::now();
     let dir = &opts.run_dir;
     let hash = meta_hash(cfg)?;
+    let mut previous_reference = None;
     if opts.resume {
         let info = store::read_run_info(dir)?;
+        previous_reference = Some(info.constraint_reference.clone());
         if info.meta_hash != hash {
             return Err(run_err(
                 dir,
@@ -465,7 +540,6 @@ pub fn optimize(cfg: &RunConfig, opts: &OptimizeOptions) -> Result<Summary, Erro
     };
     let space = search_space(cfg, data.as_ref(), &opts.config_path)?;
     let default_config = space.default_config();
-    let mut smbo = build_optimizer(cfg, space, &opts.config_path)?;
     let tracker = EnergyTracker::from_config(&cfg.energy)?;
     if !opts.quiet {
         for note in tracker.notes() {
@@ -484,6 +558,17 @@ pub fn optimize(cfg: &RunConfig, opts: &OptimizeOptions) -> Result<Summary, Erro
     } else {
         None
     };
+    let constraints = match (&data, device) {
+        (Some(data), Some(device)) if !cfg.constraints.is_empty() => constraints_of(
+            cfg,
+            data,
+            &default_config,
+            previous_reference.as_ref(),
+            &tracker,
+            device,
+        )?,
+        _ => Constraints::default(),
+    };
     let ctx = WorkerContext {
         cfg,
         data: data.as_ref(),
@@ -494,6 +579,7 @@ pub fn optimize(cfg: &RunConfig, opts: &OptimizeOptions) -> Result<Summary, Erro
         workers,
         device,
         training_energy: TrainingEnergy::default(),
+        constraints,
     };
     // The objective's names and sources, from a runner that evaluates nothing.
     let probe = ctx.runner(0, None, Box::new(crate::train::Quiet))?;
@@ -503,9 +589,16 @@ pub fn optimize(cfg: &RunConfig, opts: &OptimizeOptions) -> Result<Summary, Erro
         default_config,
         meta_hash: hash,
         config_toml: toml::to_string(cfg).unwrap_or_default(),
+        constraint_reference: ctx.constraints.reference.clone(),
     };
     drop(probe);
     store::write_run_info(dir, &info)?;
+    let mut smbo = build_optimizer(cfg, space, info.objectives.len(), &opts.config_path)?;
+    if let Some(data) = &data
+        && let Some(known) = known_constraint(cfg, data, &ctx.constraints)
+    {
+        smbo = smbo.with_known_constraint(known);
+    }
 
     // Replay what an earlier run finished: asks and tells in the order they happened.
     let mut lines = store::read_trials(dir)?;
@@ -693,7 +786,7 @@ pub fn optimize(cfg: &RunConfig, opts: &OptimizeOptions) -> Result<Summary, Erro
                 let baseline = (!baseline_sent
                     && fatal.is_none()
                     && stop == StopReason::TrialsDone
-                    && lines.iter().any(|l| l.status == TrialStatus::Success))
+                    && lines.iter().any(TrialLine::measured))
                 .then(|| baseline_trial(&lines, &info.default_config, max_budget, dir))
                 .flatten();
                 baseline_sent = true;
@@ -715,6 +808,7 @@ pub fn optimize(cfg: &RunConfig, opts: &OptimizeOptions) -> Result<Summary, Erro
                 outcome,
                 metrics,
                 energy,
+                per_layer,
             } = match f.result {
                 Ok(e) => e,
                 Err(e) => {
@@ -725,7 +819,9 @@ pub fn optimize(cfg: &RunConfig, opts: &OptimizeOptions) -> Result<Summary, Erro
                 }
             };
             let outcome = match outcome {
-                Outcome::Success { objectives } if objectives.iter().any(|v| !v.is_finite()) => {
+                Outcome::Success { objectives } | Outcome::Infeasible { objectives, .. }
+                    if objectives.iter().any(|v| !v.is_finite()) =>
+                {
                     Outcome::Failed {
                         reason: format!("objective values {objectives:?} are not finite"),
                     }
@@ -739,7 +835,8 @@ pub fn optimize(cfg: &RunConfig, opts: &OptimizeOptions) -> Result<Summary, Erro
                     emissions_kg += r.emissions_kg;
                 }
             }
-            let line = line_of(&f.trial, &outcome, metrics, energy, f.wall_s);
+            let mut line = line_of(&f.trial, &outcome, metrics, energy, f.wall_s);
+            line.per_layer = per_layer;
             log.append(&line)?;
             if let (Some(reason), Some(m)) = (&line.reason, &multi) {
                 let _ = m.println(format!("trial {} failed: {reason}", f.trial.id));
@@ -806,6 +903,10 @@ fn outcome_of(line: &TrialLine) -> Outcome {
         TrialStatus::Success => Outcome::Success {
             objectives: line.objectives.clone(),
         },
+        TrialStatus::Infeasible => Outcome::Infeasible {
+            objectives: line.objectives.clone(),
+            violated: line.violated.clone(),
+        },
         TrialStatus::Failed => Outcome::Failed {
             reason: line.reason.clone().unwrap_or_default(),
         },
@@ -819,9 +920,25 @@ fn line_of(
     energy: Vec<crate::energy::EnergyRecord>,
     wall_s: f64,
 ) -> TrialLine {
-    let (status, objectives, reason) = match outcome {
-        Outcome::Success { objectives } => (TrialStatus::Success, objectives.clone(), None),
-        Outcome::Failed { reason } => (TrialStatus::Failed, Vec::new(), Some(reason.clone())),
+    let (status, objectives, reason, violated) = match outcome {
+        Outcome::Success { objectives } => {
+            (TrialStatus::Success, objectives.clone(), None, Vec::new())
+        }
+        Outcome::Infeasible {
+            objectives,
+            violated,
+        } => (
+            TrialStatus::Infeasible,
+            objectives.clone(),
+            None,
+            violated.clone(),
+        ),
+        Outcome::Failed { reason } => (
+            TrialStatus::Failed,
+            Vec::new(),
+            Some(reason.clone()),
+            Vec::new(),
+        ),
     };
     TrialLine {
         id: trial.id,
@@ -831,6 +948,8 @@ fn line_of(
         status,
         reason,
         objectives,
+        violated,
+        per_layer: None,
         metrics,
         energy,
         wall_s,

@@ -305,6 +305,18 @@ impl NetSpec {
             .collect()
     }
 
+    /// Weight memory in bits: shift layers' weights at `weight_bits`; float weights, biases and
+    /// batch norm at 32 bits.
+    pub fn weight_memory_bits(&self) -> u64 {
+        self.layers
+            .iter()
+            .map(|l| {
+                let bits = if l.shift { self.shift.weight_bits } else { 32 };
+                l.weights * u64::from(bits) + 32 * l.biases
+            })
+            .sum()
+    }
+
     /// Per-layer operation counts for the op-count energy model. Batch norm counts as a float
     /// layer of one multiply-add per element whose "weights" are its scale and shift.
     pub fn layer_counts(&self) -> Vec<crate::energy::LayerCount> {

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::DataConfig;
 use crate::energy::EnergyConfig;
 use crate::opt::Schedule as FidelitySchedule;
+use crate::constraint::ConstraintSpec;
 use crate::space::ParamSpec;
 #[cfg(feature = "dsnn")]
 use crate::train::TrainConfig;
@@ -172,6 +173,8 @@ pub enum EnergyModel {
     Measured,
     /// The op-count model (deterministic, hardware-free); inference only.
     Opcount,
+    /// Both, as two objectives (three in all): measured and op-count inference energy.
+    Both,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -292,6 +295,9 @@ pub struct RunConfig {
     /// The search space (`[[space]]` entries); empty = the DSNN space of the paper.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub space: Vec<ParamSpec>,
+    /// Bounds on the designs (`[[constraints]]`), see [`crate::constraint`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<ConstraintSpec>,
     /// cpu, wgpu, wgpu:N, vulkan, vulkan:N or cuda:N.
     #[serde(default = "d_device")]
     pub device: String,
@@ -426,13 +432,33 @@ impl RunConfig {
                 )));
             }
         }
-        if self.objectives.energy_model == EnergyModel::Opcount
-            && self.objectives.energy != EnergyPhase::Inference
-        {
-            return Err(fail(
-                "[objectives] energy_model = \"opcount\" models inference only: set energy = \"inference\""
-                    .into(),
-            ));
+        match self.objectives.energy_model {
+            EnergyModel::Opcount | EnergyModel::Both
+                if self.objectives.energy != EnergyPhase::Inference =>
+            {
+                let model = if self.objectives.energy_model == EnergyModel::Both {
+                    "both"
+                } else {
+                    "opcount"
+                };
+                return Err(fail(format!(
+                    "[objectives] energy_model = \"{model}\" with energy = \"{}\": the op-count model has no training side; set energy = \"inference\"",
+                    match self.objectives.energy {
+                        EnergyPhase::Training => "training",
+                        _ => "both",
+                    }
+                )));
+            }
+            _ => {}
+        }
+        for (i, c) in self.constraints.iter().enumerate() {
+            c.validate(i).map_err(fail)?;
+        }
+        if !self.constraints.is_empty() && o.kind != "dsnn" {
+            return Err(fail(format!(
+                "[[constraints]] apply to DSNN designs: [objective] kind = \"{}\" has no parameters, weight memory or inference energy to bound",
+                o.kind
+            )));
         }
         Ok(self)
     }

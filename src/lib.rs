@@ -7,6 +7,7 @@
 //! shift layers, [`model`]s, [`device`]s and the [`train`]er.
 
 pub mod arch;
+pub mod constraint;
 pub mod data;
 pub mod energy;
 pub mod eval;

@@ -45,6 +45,9 @@ fn io(path: &Path, e: impl std::fmt::Display) -> StoreError {
 #[serde(rename_all = "lowercase")]
 pub enum TrialStatus {
     Success,
+    /// Trained and measured, but a `[[constraints]]` bound is violated (`violated` says which):
+    /// never on the front.
+    Infeasible,
     /// Crashed, diverged (NaN) or failed otherwise; `reason` says why.
     Failed,
 }
@@ -63,6 +66,12 @@ pub struct TrialLine {
     pub reason: Option<String>,
     /// Objective values in the order of `RunInfo::objectives`; empty when failed.
     pub objectives: Vec<f64>,
+    /// The constraints an infeasible trial violates.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub violated: Vec<String>,
+    /// Per-layer inference energy, when `[energy] per_layer` asks for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_layer: Option<Vec<crate::energy::layers::LayerRow>>,
     /// Validation metrics of the trained network, when training finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<Metrics>,
@@ -80,6 +89,11 @@ pub struct TrialLine {
 }
 
 impl TrialLine {
+    /// Trained and measured (successful or infeasible): its objectives are real.
+    pub fn measured(&self) -> bool {
+        self.status != TrialStatus::Failed
+    }
+
     /// A successful trial without metrics or energy records: for tools and tests that write
     /// logs of their own.
     pub fn success(id: u64, config: Config, budget: f64, objectives: Vec<f64>) -> TrialLine {
@@ -91,6 +105,8 @@ impl TrialLine {
             status: TrialStatus::Success,
             reason: None,
             objectives,
+            violated: Vec::new(),
+            per_layer: None,
             metrics: None,
             energy: Vec::new(),
             wall_s: 1.0,
@@ -117,7 +133,7 @@ mod nan_as_null {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
     pub valid_accuracy: f64,
     #[serde(with = "nan_as_null")]
@@ -126,6 +142,18 @@ pub struct Metrics {
     pub train_loss: f64,
     pub epochs_trained: usize,
     pub images_per_s: f64,
+    /// Measured inference energy per image, joules: the mean repeated validation pass over its
+    /// images (source in the trial's `inference` record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference_j_per_image: Option<f64>,
+    /// Op-count model energy per image, joules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opcount_j_per_image: Option<f64>,
+    /// Parameters (batch norm included) and weight memory in bits of the design.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_memory_bits: Option<u64>,
 }
 
 /// What the columns of the log mean.
@@ -140,6 +168,10 @@ pub struct RunInfo {
     pub default_config: Config,
     /// Hash of the settings that must not change on resume.
     pub meta_hash: String,
+    /// The default configuration's values that relative `[[constraints]]` bounds scale (a
+    /// measured one is measured once, before the first trial, and kept for a resume).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub constraint_reference: crate::constraint::Values,
     /// The resolved run configuration, as TOML text.
     pub config_toml: String,
 }
@@ -286,6 +318,8 @@ mod tests {
             budget: 3.0,
             continued_from: None,
             status: TrialStatus::Success,
+            violated: Vec::new(),
+            per_layer: None,
             reason: None,
             objectives: vec![0.2, 1e-6],
             metrics: None,
@@ -328,6 +362,7 @@ mod tests {
             train_loss: f64::INFINITY,
             epochs_trained: 1,
             images_per_s: 10.0,
+            ..Metrics::default()
         });
         TrialLog::open(dir.path()).unwrap().append(&t).unwrap();
         let back = read_trials(dir.path()).unwrap();

@@ -9,11 +9,16 @@ use burn::tensor::Device;
 
 use crate::config::{EnergyModel, EnergyPhase, EnergyUnit, LossObjective, ObjectivesConfig};
 use crate::data::LoadedData;
-use crate::energy::{EnergyRecord, EnergyTracker, Window, opcount};
+use crate::constraint::{Constraints, Quantity, design_values};
+use crate::energy::layers::{LayerRow, layer_rows};
+use crate::energy::repeat::measure_repeated;
+use crate::energy::{EnergyRecord, EnergyTracker, RepeatSettings, Window, opcount};
 use crate::opt::{Outcome, Trial};
 use crate::space::{Config, ParamSpec, SearchSpace, SpaceError};
 use crate::store::Metrics;
-use crate::train::{RunOptions, TrainConfig, TrainObserver, TrainStatus, evaluate, train_network};
+use crate::train::{
+    RunOptions, TrainConfig, TrainObserver, TrainStatus, evaluate, profile_layers, train_network,
+};
 use crate::workers::{CpuShare, ShareMark};
 
 /// One evaluated trial with what the log keeps besides the objectives.
@@ -22,6 +27,8 @@ pub struct Evaluation {
     pub outcome: Outcome,
     pub metrics: Option<Metrics>,
     pub energy: Vec<EnergyRecord>,
+    /// Per-layer inference energy, when asked for (`[energy] per_layer`).
+    pub per_layer: Option<Vec<LayerRow>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +140,12 @@ pub struct DsnnObjective<'a> {
     training_energy: TrainingEnergy,
     /// Set when other workers share the machine: windows are attributed by CPU time.
     pub share: Option<CpuShare>,
+    /// How the inference pass is repeated until its mean is known well enough.
+    pub repeat: RepeatSettings,
+    /// Profile each trial's inference pass per layer (`[energy] per_layer`).
+    pub per_layer: bool,
+    /// `[[constraints]]`, with the default configuration's values for relative bounds.
+    pub constraints: Constraints,
 }
 
 /// Training energy (kWh, kg CO2-eq) per trial id.
@@ -163,6 +176,9 @@ impl<'a> DsnnObjective<'a> {
             opcount,
             training_energy: TrainingEnergy::default(),
             share: None,
+            repeat: RepeatSettings::once(),
+            per_layer: false,
+            constraints: Constraints::default(),
         }
     }
 
@@ -199,7 +215,11 @@ impl<'a> DsnnObjective<'a> {
             EnergyPhase::Training => "training",
             EnergyPhase::Both => "energy",
         };
-        vec![loss.to_string(), format!("{phase}_{unit}")]
+        let mut names = vec![loss.to_string(), format!("{phase}_{unit}")];
+        if self.objectives.energy_model == EnergyModel::Both {
+            names.push(format!("opcount_inference_{unit}"));
+        }
+        names
     }
 
     pub fn objective_sources(&self) -> Vec<String> {
@@ -212,13 +232,17 @@ impl<'a> DsnnObjective<'a> {
             EnergyPhase::Training => "the trial's training, continued-from epochs included",
             EnergyPhase::Both => "training plus one validation inference pass",
         };
-        let how = match self.objectives.energy_model {
-            EnergyModel::Measured => {
-                "measured by the energy meter (source per component in each record)"
-            }
-            EnergyModel::Opcount => "op-count model (source opcount)",
-        };
-        vec![loss.to_string(), format!("{what}, {how}")]
+        let measured = "measured by the energy meter, mean of repeated passes with its 95% CI (source per component in each record)";
+        let op = "op-count model (source opcount)";
+        match self.objectives.energy_model {
+            EnergyModel::Measured => vec![loss.to_string(), format!("{what}, {measured}")],
+            EnergyModel::Opcount => vec![loss.to_string(), format!("{what}, {op}")],
+            EnergyModel::Both => vec![
+                loss.to_string(),
+                format!("{what}, {measured}"),
+                format!("{what}, {op}"),
+            ],
+        }
     }
 
     /// Remembers the training energy of trials finished before a resume.
@@ -271,6 +295,7 @@ impl<'a> DsnnObjective<'a> {
                     },
                     metrics: None,
                     energy: vec![train_energy],
+                    per_layer: None,
                 });
             }
         };
@@ -296,6 +321,7 @@ impl<'a> DsnnObjective<'a> {
             train_loss: report.train_loss,
             epochs_trained: report.epochs,
             images_per_s: report.images_per_s,
+            ..Metrics::default()
         };
         let model = match (report.status, model) {
             (TrainStatus::Completed, Some(m)) => m,
@@ -306,51 +332,95 @@ impl<'a> DsnnObjective<'a> {
                     },
                     metrics: Some(metrics),
                     energy,
+                    per_layer: None,
                 });
             }
         };
-        let (inf_kwh, inf_kg) = match self.objectives.energy_model {
-            EnergyModel::Measured if self.objectives.energy != EnergyPhase::Training => {
-                let w = self.start("inference")?;
-                evaluate(&model, &self.data.valid, self.data, 256, &self.device)?;
-                let rec = self.stop(w)?;
-                let out = (rec.energy_kwh, rec.emissions_kg);
-                energy.push(rec);
-                out
-            }
-            EnergyModel::Opcount => {
-                let spec = cfg.net_spec(self.data.dims(), self.data.num_classes())?;
-                let op = opcount::pass_energy(
-                    &spec.layer_counts(),
-                    self.data.valid.len() as u64,
-                    &self.opcount,
-                )?;
-                let rec = op.to_record("inference", self.tracker.carbon());
-                let out = (rec.energy_kwh, rec.emissions_kg);
-                energy.push(rec);
-                out
-            }
-            EnergyModel::Measured => (0.0, 0.0),
+        let images = self.data.valid.len() as u64;
+        let spec = cfg.net_spec(self.data.dims(), self.data.num_classes())?;
+        // Both views of inference energy, whichever is optimized, so the report can show and
+        // compare them: the meter (repeated passes) and the op-count model.
+        let measured = measure_repeated(&self.repeat, || {
+            let w = self.start("inference")?;
+            evaluate(&model, &self.data.valid, self.data, 256, &self.device)?;
+            self.stop(w)
+        })?;
+        let op = opcount::pass_energy(&spec.layer_counts(), images, &self.opcount)?;
+        let op_rec = op.to_record("inference", self.tracker.carbon());
+        let (inf_kwh, inf_kg) = (measured.pass_kwh(), measured.pass_kg());
+        let (op_kwh, op_kg) = (op_rec.energy_kwh, op_rec.emissions_kg);
+        let per_image = |kwh: f64| kwh * crate::energy::J_PER_KWH / images.max(1) as f64;
+        let per_layer = if self.per_layer {
+            let (layer_s, other_s) =
+                profile_layers(
+                &model,
+                spec.layers.len(),
+                &self.data.valid,
+                self.data,
+                256,
+                &self.device,
+            )?;
+            let one = opcount::per_image_energy(&spec.layer_counts(), &self.opcount)?;
+            Some(layer_rows(
+                &spec,
+                &one,
+                &layer_s,
+                other_s,
+                per_image(inf_kwh),
+            ))
+        } else {
+            None
         };
-        let energy_objective = match self.objectives.energy {
-            EnergyPhase::Inference => self.in_unit(inf_kwh, inf_kg),
-            EnergyPhase::Training => self.in_unit(train_kwh, train_kg),
-            EnergyPhase::Both => self.in_unit(train_kwh + inf_kwh, train_kg + inf_kg),
+        energy.push(measured);
+        energy.push(op_rec);
+        let mut values = design_values(&spec, &self.opcount)?;
+        values.insert(Quantity::InferenceJPerImage, per_image(inf_kwh));
+        values.insert(Quantity::Accuracy, report.valid_accuracy);
+        let metrics = Metrics {
+            inference_j_per_image: Some(per_image(inf_kwh)),
+            opcount_j_per_image: Some(op.per_image_j),
+            params: Some(spec.totals().params),
+            weight_memory_bits: Some(spec.weight_memory_bits()),
+            ..metrics
         };
         let loss = match self.objectives.loss {
             LossObjective::Error => report.valid_error,
             LossObjective::CrossEntropy => report.valid_loss,
+        };
+        let objectives = match self.objectives.energy_model {
+            EnergyModel::Measured => vec![
+                loss,
+                match self.objectives.energy {
+                    EnergyPhase::Inference => self.in_unit(inf_kwh, inf_kg),
+                    EnergyPhase::Training => self.in_unit(train_kwh, train_kg),
+                    EnergyPhase::Both => self.in_unit(train_kwh + inf_kwh, train_kg + inf_kg),
+                },
+            ],
+            EnergyModel::Opcount => vec![loss, self.in_unit(op_kwh, op_kg)],
+            EnergyModel::Both => vec![
+                loss,
+                self.in_unit(inf_kwh, inf_kg),
+                self.in_unit(op_kwh, op_kg),
+            ],
+        };
+        let violated = self.constraints.violations(&values);
+        let outcome = if violated.is_empty() {
+            Outcome::Success { objectives }
+        } else {
+            Outcome::Infeasible {
+                objectives,
+                violated,
+            }
         };
         // The parent's state is not needed once this trial has continued it.
         if let (Some(p), Some(_)) = (trial.continues, &resume) {
             let _ = std::fs::remove_dir_all(self.checkpoints.join(p.to_string()));
         }
         Ok(Evaluation {
-            outcome: Outcome::Success {
-                objectives: vec![loss, energy_objective],
-            },
+            outcome,
             metrics: Some(metrics),
             energy,
+            per_layer,
         })
     }
 }

@@ -45,6 +45,7 @@ fn record(phase: &str, gpu: SourceKind) -> EnergyRecord {
         gpu_models: Vec::new(),
         ram_total_gib: 8.0,
         share: None,
+        repeat: None,
     }
 }
 
@@ -77,6 +78,7 @@ fn write_run(dir: &Path, objectives: &[(&str, &str)], default: &Config, lines: &
             default_config: default.clone(),
             meta_hash: "0".into(),
             config_toml: String::new(),
+            constraint_reference: Default::default(),
         },
     )
     .unwrap();

@@ -9,6 +9,9 @@
 //! # cpu_tdp_w = 65.0         # estimate: package TDP (default 85 W, CodeCarbon's)
 //! # cpu_w_per_core = 10.0    # estimate: watts per busy core (overrides cpu_tdp_w)
 //! ram_w_per_gb = 0.375       # estimate: 3 W per 8 GiB resident
+//! target_rel_ci = 0.02       # repeat an inference pass until the 95% CI of the mean is within 2%
+//! max_passes = 10            # ... or this many passes were measured
+//! warmup_passes = 1          # passes run first and left out of the mean
 //! [opcount]
 //! weight_read_pj_per_32bit = 5.0
 //! ```
@@ -42,6 +45,15 @@ pub struct EnergyConfig {
     pub cpu_w_per_core: Option<f64>,
     /// RAM estimate, watts per GiB resident (default 3/8 = 0.375).
     pub ram_w_per_gb: f64,
+    /// Repeated inference measurement: stop once the 95% CI half-width of the mean pass is at
+    /// most this share of the mean (0 < x <= 1).
+    pub target_rel_ci: f64,
+    /// ... or once this many passes were measured (>= 1).
+    pub max_passes: usize,
+    /// Passes run before the measured ones and left out of the mean (their energy still counts).
+    pub warmup_passes: usize,
+    /// Per-layer inference energy (op counts, op-count energy, measured share) in each trial's record.
+    pub per_layer: bool,
     /// Per-operation energies of the op-count model.
     pub opcount: OpEnergies,
 }
@@ -56,6 +68,10 @@ impl Default for EnergyConfig {
             cpu_tdp_w: None,
             cpu_w_per_core: None,
             ram_w_per_gb: DEFAULT_RAM_W_PER_GIB,
+            target_rel_ci: 0.02,
+            max_passes: 10,
+            warmup_passes: 1,
+            per_layer: false,
             opcount: OpEnergies::default(),
         }
     }
@@ -104,7 +120,32 @@ impl EnergyConfig {
                 expected: "expected a power >= 0 W per GiB (default 0.375 = 3 W per 8 GiB)".into(),
             });
         }
+        if !(self.target_rel_ci.is_finite() && self.target_rel_ci > 0.0 && self.target_rel_ci <= 1.0)
+        {
+            return Err(EnergyError::Invalid {
+                field: "target_rel_ci".into(),
+                value: self.target_rel_ci.to_string(),
+                expected: "expected a share of the mean in (0, 1], e.g. 0.02 for a 95% interval within 2%"
+                    .into(),
+            });
+        }
+        if self.max_passes == 0 {
+            return Err(EnergyError::Invalid {
+                field: "max_passes".into(),
+                value: "0".into(),
+                expected: "expected at least 1 measured pass".into(),
+            });
+        }
         self.opcount.validate()
+    }
+
+    /// How inference passes are repeated.
+    pub fn repeat(&self) -> super::RepeatSettings {
+        super::RepeatSettings {
+            target_rel_ci: self.target_rel_ci,
+            max_passes: self.max_passes,
+            warmup_passes: self.warmup_passes,
+        }
     }
 
     /// The carbon parameters (intensity, PUE, country) this config resolves to.
@@ -146,6 +187,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("gpu") && e.contains("auto"), "{e}");
+    }
+
+    #[test]
+    fn bad_repeat_settings_name_the_key() {
+        for (text, key) in [
+            ("target_rel_ci = 0.0", "target_rel_ci = 0"),
+            ("target_rel_ci = 1.5", "target_rel_ci = 1.5"),
+            ("target_rel_ci = -0.1", "target_rel_ci = -0.1"),
+            ("max_passes = 0", "max_passes = 0"),
+        ] {
+            let e = EnergyConfig::from_toml_str(text, Path::new("e.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key) && e.contains("expected"), "{text}: {e}");
+        }
+        let c = EnergyConfig::from_toml_str("target_rel_ci = 1.0
+max_passes = 3", Path::new("e"))
+            .unwrap();
+        assert_eq!((c.repeat().target_rel_ci, c.repeat().max_passes), (1.0, 3));
     }
 
     #[test]

@@ -55,11 +55,13 @@ pub mod emissions_csv;
 pub mod error;
 pub mod estimate;
 pub mod host;
+pub mod layers;
 pub mod nvml;
 pub mod opcount;
 pub mod probe;
 pub mod rapl;
 pub mod record;
+pub mod repeat;
 pub mod reread;
 pub mod tracker;
 
@@ -75,6 +77,7 @@ pub use error::EnergyError;
 pub use opcount::{LayerCount, OpCountEnergy, OpEnergies};
 pub use probe::{EnergyArgs, ProbeReport, probe, run_probe};
 pub use record::{ComponentEnergy, EnergyRecord};
+pub use repeat::{RepeatSettings, RepeatStats};
 pub use tracker::{EnergyTracker, Window};
 
 /// Joules in one kilowatt-hour.

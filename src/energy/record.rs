@@ -79,6 +79,10 @@ pub struct EnergyRecord {
     /// when the window had the process to itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub share: Option<f64>,
+    /// For a repeated measurement (see [`super::repeat`]), the statistics of its passes; the
+    /// record's energy is then that of all passes together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat: Option<super::repeat::RepeatStats>,
 }
 
 impl EnergyRecord {
@@ -121,6 +125,34 @@ impl EnergyRecord {
             gpu_models: host.gpu_models.clone(),
             ram_total_gib: host.ram_total_gib,
             share: None,
+            repeat: None,
+        }
+    }
+
+    /// A record of nothing measured (every source `none`), for combining and tests.
+    pub fn empty(phase: &str) -> EnergyRecord {
+        EnergyRecord::new(
+            phase,
+            UNIX_EPOCH,
+            0.0,
+            Default::default(),
+            &Carbon::default(),
+            &HostInfo::default(),
+        )
+    }
+
+    /// The energy of one pass: the mean of a repeated measurement, else the whole record.
+    pub fn pass_kwh(&self) -> f64 {
+        self.repeat
+            .as_ref()
+            .map_or(self.energy_kwh, super::repeat::RepeatStats::mean_kwh)
+    }
+
+    /// Emissions of one pass, at this record's intensity and PUE.
+    pub fn pass_kg(&self) -> f64 {
+        match &self.repeat {
+            Some(r) => super::carbon::emissions_kg(r.mean_kwh(), self.pue, self.intensity_g_per_kwh),
+            None => self.emissions_kg,
         }
     }
 

@@ -183,9 +183,94 @@ impl Network {
     /// # Shapes
     /// - input `[batch, channels, height, width]`, output logits `[batch, classes]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        self.forward_with(x, &mut NoLaps)
+    }
+
+    /// The forward pass with `laps` told after every layer of the layer table (in table order)
+    /// and after the work between them.
+    pub fn forward_with(&self, x: Tensor<4>, laps: &mut impl Laps) -> Tensor<2> {
         match self {
-            Network::ResNet(m) => m.forward(x),
-            Network::SmallCnn(m) => m.forward(x),
+            Network::ResNet(m) => m.forward_with(x, laps),
+            Network::SmallCnn(m) => m.forward_with(x, laps),
         }
+    }
+}
+
+/// Observes a forward pass layer by layer, for the per-layer energy profile. The plain forward
+/// uses [`NoLaps`], which compiles away, so the models have one forward each.
+pub trait Laps {
+    /// After the next layer of the layer table (conv, batch norm or linear), in table order.
+    fn layer<const D: usize>(&mut self, t: Tensor<D>) -> Tensor<D>;
+    /// After work outside the table's layers: activations, pooling, shortcuts, reshapes.
+    fn other<const D: usize>(&mut self, t: Tensor<D>) -> Tensor<D>;
+}
+
+/// Observes nothing.
+pub struct NoLaps;
+
+impl Laps for NoLaps {
+    #[inline(always)]
+    fn layer<const D: usize>(&mut self, t: Tensor<D>) -> Tensor<D> {
+        t
+    }
+    #[inline(always)]
+    fn other<const D: usize>(&mut self, t: Tensor<D>) -> Tensor<D> {
+        t
+    }
+}
+
+/// Wall time of each layer of the table, summed over the passes it sees: the device is
+/// synchronised after every layer, so each layer's time is its own (on GPUs as on the CPU).
+pub struct LayerClock {
+    device: Device,
+    last: std::time::Instant,
+    next: usize,
+    /// Seconds per layer of the table, in table order.
+    pub layer_s: Vec<f64>,
+    /// Seconds outside the table's layers.
+    pub other_s: f64,
+}
+
+impl LayerClock {
+    pub fn new(layers: usize, device: &Device) -> LayerClock {
+        LayerClock {
+            device: device.clone(),
+            last: std::time::Instant::now(),
+            next: 0,
+            layer_s: vec![0.0; layers],
+            other_s: 0.0,
+        }
+    }
+
+    /// Starts a forward pass: the time until the first lap is the first layer's.
+    pub fn start(&mut self) {
+        let _ = self.device.sync();
+        self.next = 0;
+        self.last = std::time::Instant::now();
+    }
+
+    fn lap(&mut self) -> f64 {
+        let _ = self.device.sync();
+        let now = std::time::Instant::now();
+        let dt = (now - self.last).as_secs_f64();
+        self.last = now;
+        dt
+    }
+}
+
+impl Laps for LayerClock {
+    fn layer<const D: usize>(&mut self, t: Tensor<D>) -> Tensor<D> {
+        let dt = self.lap();
+        match self.layer_s.get_mut(self.next) {
+            Some(s) => *s += dt,
+            None => self.other_s += dt,
+        }
+        self.next += 1;
+        t
+    }
+
+    fn other<const D: usize>(&mut self, t: Tensor<D>) -> Tensor<D> {
+        self.other_s += self.lap();
+        t
     }
 }

@@ -7,7 +7,7 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
-use super::{ConvLayer, DenseLayer, SpecCursor};
+use super::{ConvLayer, DenseLayer, Laps, SpecCursor};
 use crate::arch::LayerKind;
 
 #[derive(Module, Debug)]
@@ -51,9 +51,12 @@ impl BasicBlock {
         }
     }
 
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let out = relu(self.bn1.forward(self.conv1.forward(x.clone())));
-        let out = self.bn2.forward(self.conv2.forward(out));
+    pub fn forward_with(&self, x: Tensor<4>, laps: &mut impl Laps) -> Tensor<4> {
+        let out = laps.layer(self.conv1.forward(x.clone()));
+        let out = laps.layer(self.bn1.forward(out));
+        let out = laps.other(relu(out));
+        let out = laps.layer(self.conv2.forward(out));
+        let out = laps.layer(self.bn2.forward(out));
         let mut shortcut = match &self.subsample {
             Some(pool) => pool.forward(x),
             None => x,
@@ -63,7 +66,7 @@ impl BasicBlock {
             let zeros = Tensor::<4>::zeros([b, self.pad_channels, h, w], &shortcut.device());
             shortcut = Tensor::cat(vec![zeros.clone(), shortcut, zeros], 1);
         }
-        relu(out + shortcut)
+        laps.other(relu(out + shortcut))
     }
 }
 
@@ -97,14 +100,16 @@ impl ResNet {
         }
     }
 
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut x = relu(self.bn1.forward(self.conv1.forward(x)));
+    pub fn forward_with(&self, x: Tensor<4>, laps: &mut impl Laps) -> Tensor<2> {
+        let x = laps.layer(self.conv1.forward(x));
+        let x = laps.layer(self.bn1.forward(x));
+        let mut x = laps.other(relu(x));
         for block in &self.blocks {
-            x = block.forward(x);
+            x = block.forward_with(x, laps);
         }
         // Global average pooling over H and W.
         let [b, c, _, _] = x.dims();
-        let x = x.mean_dims(&[2, 3]).reshape([b, c]);
-        self.fc.forward(x)
+        let x = laps.other(x.mean_dims(&[2, 3]).reshape([b, c]));
+        laps.layer(self.fc.forward(x))
     }
 }

@@ -7,7 +7,7 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
-use super::{ConvLayer, DenseLayer, SpecCursor};
+use super::{ConvLayer, DenseLayer, Laps, SpecCursor};
 
 #[derive(Module, Debug)]
 pub struct SmallCnn {
@@ -33,16 +33,17 @@ impl SmallCnn {
         }
     }
 
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let x = self
-            .pool
-            .forward(relu(self.bn1.forward(self.conv1.forward(x))));
-        let x = self
-            .pool
-            .forward(relu(self.bn2.forward(self.conv2.forward(x))));
+    pub fn forward_with(&self, x: Tensor<4>, laps: &mut impl Laps) -> Tensor<2> {
+        let x = laps.layer(self.conv1.forward(x));
+        let x = laps.layer(self.bn1.forward(x));
+        let x = laps.other(self.pool.forward(relu(x)));
+        let x = laps.layer(self.conv2.forward(x));
+        let x = laps.layer(self.bn2.forward(x));
+        let x = laps.other(self.pool.forward(relu(x)));
         let [b, c, h, w] = x.dims();
         let x = x.reshape([b, c * h * w]);
-        let x = relu(self.fc1.forward(x));
-        self.fc2.forward(x)
+        let x = laps.layer(self.fc1.forward(x));
+        let x = laps.other(relu(x));
+        laps.layer(self.fc2.forward(x))
     }
 }

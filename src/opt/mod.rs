@@ -48,6 +48,12 @@ pub enum Outcome {
     Success { objectives: Vec<f64> },
     /// Crashed, timed out, diverged: the surrogate sees the crash cost (1.0 per normalised objective).
     Failed { reason: String },
+    /// Evaluated, but a constraint judged on the result is violated: the objectives are real
+    /// measurements, yet the trial is never on the front.
+    Infeasible {
+        objectives: Vec<f64>,
+        violated: Vec<String>,
+    },
 }
 
 /// Answer of [`Smbo::ask`].

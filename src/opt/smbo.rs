@@ -287,6 +287,7 @@ impl Smbo {
         };
         let costs = match &outcome {
             Outcome::Success { objectives } => Some(objectives.clone()),
+            Outcome::Infeasible { objectives, .. } => Some(objectives.clone()),
             Outcome::Failed { .. } => None,
         };
         record.outcome = Some(outcome);

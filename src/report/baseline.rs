@@ -24,7 +24,8 @@ impl<'a> DefaultResult<'a> {
         let mut failed: Option<&TrialLine> = None;
         for t in lines.iter().filter(|t| same_config(&t.config, default)) {
             let slot = match t.status {
-                TrialStatus::Success => &mut ok,
+                // An infeasible default is still the baseline the report compares against.
+                TrialStatus::Success | TrialStatus::Infeasible => &mut ok,
                 TrialStatus::Failed => &mut failed,
             };
             if slot.is_none_or(|b| b.budget < t.budget) {

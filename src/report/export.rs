@@ -104,6 +104,7 @@ mod tests {
             default_config: config.clone(),
             meta_hash: "0".into(),
             config_toml: String::new(),
+            constraint_reference: Default::default(),
         };
         let line = TrialLine::success(7, config, 9.0, vec![0.25, 1.5e-6]);
         write_front(dir.path(), &info, std::slice::from_ref(&line)).unwrap();

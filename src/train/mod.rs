@@ -131,6 +131,33 @@ pub fn evaluate(
     Ok((loss_sum / seen as f64, correct as f64 / seen as f64))
 }
 
+/// Seconds per layer of the table (`layers` rows) and outside them over one inference pass of
+/// `split`, each layer timed on its own (see [`crate::model::LayerClock`]).
+pub fn profile_layers(
+    model: &Network,
+    layers: usize,
+    split: &Split,
+    data: &LoadedData,
+    batch_size: usize,
+    device: &Device,
+) -> Result<(Vec<f64>, f64), TrainError> {
+    let mut clock = crate::model::LayerClock::new(layers, device);
+    let mut batches = EpochBatches::sequential(split, batch_size.max(1), &data.normalization)?;
+    let mut batch = Batch::default();
+    let mut seen = 0usize;
+    while batches.fill_next(&mut batch) {
+        let (x, _) = to_tensors(&batch, device);
+        clock.start();
+        let logits = model.forward_with(x, &mut clock);
+        drop(logits);
+        seen += batch.len;
+    }
+    if seen == 0 {
+        return Err(TrainError::EmptyValid);
+    }
+    Ok((clock.layer_s, clock.other_s))
+}
+
 /// Trains `cfg` on `data` up to `epochs` epochs in total.
 pub fn train(
     cfg: &TrainConfig,
