@@ -65,6 +65,8 @@ pub struct Summary {
     /// The trial that trained the default configuration at the largest budget after the search.
     pub baseline: Option<u64>,
     pub failed: usize,
+    /// Trials that violated a `[[constraints]]` bound (never on the front).
+    pub infeasible: usize,
     pub stop: StopReason,
     pub front: Vec<u64>,
     /// Hypervolume of the front, objectives min-max normalised over successful trials,
@@ -883,6 +885,10 @@ pub fn optimize(cfg: &RunConfig, opts: &OptimizeOptions) -> Result<Summary, Erro
         trials: lines.iter().filter(|l| !l.baseline).count(),
         baseline: lines.iter().rev().find(|l| l.baseline).map(|l| l.id),
         failed,
+        infeasible: lines
+            .iter()
+            .filter(|l| l.status == TrialStatus::Infeasible)
+            .count(),
         stop,
         front: front.iter().map(|t| t.id).collect(),
         hypervolume: normalised_hypervolume(&lines, &front),

@@ -257,4 +257,78 @@ fn energy_of_an_inference_pass_is_labelled() {
     let cpu = v["measured"]["cpu"]["source"].as_str().unwrap();
     assert!(cpu == "rapl" || cpu == "estimate", "{cpu}");
     assert!(v["opcount_per_image_j"].as_f64().unwrap() > 0.0);
+    // The pass is repeated: its statistics are in the record and the mean is what is reported.
+    let rep = &v["measured"]["repeat"];
+    let passes = rep["passes"].as_u64().unwrap();
+    assert!((3..=10).contains(&passes) || rep["passes"] == 10, "{rep}");
+    assert_eq!(rep["warmup_passes"], 1);
+    let mean = rep["mean_j"].as_f64().unwrap();
+    assert!(rep["min_j"].as_f64().unwrap() <= mean && mean <= rep["max_j"].as_f64().unwrap());
+    // All passes together cost more than one.
+    assert!(v["measured"]["energy_j"].as_f64().unwrap() > mean * passes as f64 * 0.99);
+    let per_image = v["measured_per_image_j"].as_f64().unwrap();
+    assert!((per_image - mean / 100.0).abs() <= 1e-9 * mean, "{per_image} vs {mean}");
+    assert!(
+        rep["target_met"].as_bool().unwrap()
+            || rep["rel_ci95"].as_f64().unwrap() > 0.02
+    );
+}
+
+#[cfg(feature = "dsnn")]
+#[test]
+fn energy_per_layer_of_a_trained_state_adds_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(dir.path(), "tiny.toml", TINY);
+    let save = dir.path().join("state");
+    let cfg_s = cfg.to_str().unwrap();
+    let o = dsnn(&["train", "--config", cfg_s, "--save", save.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = dsnn(&[
+        "energy",
+        "--config",
+        cfg_s,
+        "--state",
+        save.to_str().unwrap(),
+        "--per-layer",
+        "--json",
+        "--set",
+        "energy.max_passes=3",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = v["per_layer"].as_array().unwrap();
+    // small-cnn: conv, bn, conv, bn, fc1, fc2 and the row for the work between them.
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["conv1", "bn1", "conv2", "bn2", "fc1", "fc2", "other"]);
+    let sum = |k: &str| rows.iter().map(|r| r[k].as_f64().unwrap()).sum::<f64>();
+    assert!((sum("time_share") - 1.0).abs() < 1e-9);
+    let measured = v["measured_per_image_j"].as_f64().unwrap();
+    assert!((sum("measured_j_per_image") - measured).abs() < 1e-9 * measured);
+    let op = v["opcount_per_image_j"].as_f64().unwrap();
+    assert!((sum("opcount_j_per_image") - op).abs() < 1e-9 * op);
+    // Every layer of the table took some time; shift layers are the ones shift_depth says.
+    assert!(rows.iter().all(|r| r["time_share"].as_f64().unwrap() > 0.0));
+    assert!(
+        rows.iter()
+            .filter(|r| r["kind"] == "conv" || r["kind"] == "linear")
+            .all(|r| r["shift"] == true)
+    );
+    assert!(rows.iter().filter(|r| r["kind"] == "batchnorm").all(|r| r["shift"] == false));
+    // The text form prints the table with its source.
+    let o = dsnn(&["energy", "--config", cfg_s, "--per-layer", "--set", "energy.max_passes=1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("measured J/img") && text.contains("conv1"), "{text}");
+    // A state saved for another configuration is refused with the directory named.
+    let o = dsnn(&[
+        "energy",
+        "--config",
+        cfg_s,
+        "--state",
+        save.to_str().unwrap(),
+        "--set",
+        "train.lr=0.5",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("state"), "{}", stderr(&o));
 }

@@ -269,6 +269,25 @@ fn bad_optimize_configs_name_the_key() {
             "lr",
         ),
         (
+            "[objectives]\nenergy = \"training\"\nenergy_model = \"both\"\n",
+            "energy_model = \"both\" with energy = \"training\"",
+        ),
+        ("[energy]\ntarget_rel_ci = 0.0\n", "target_rel_ci = 0"),
+        ("[energy]\ntarget_rel_ci = 1.5\n", "target_rel_ci = 1.5"),
+        ("[energy]\nmax_passes = 0\n", "max_passes = 0"),
+        (
+            "[[constraints]]\nquantity = \"flops\"\nmax = 1.0\n",
+            "unknown variant `flops`",
+        ),
+        (
+            "[[constraints]]\nquantity = \"params\"\nmax = -3.0\n",
+            "max = -3",
+        ),
+        (
+            "[[constraints]]\nquantity = \"accuracy\"\n",
+            "neither min nor max",
+        ),
+        (
             "[[space]]\nname = \"dropout\"\ntype = \"float\"\nlow = 0.0\nhigh = 0.5\n",
             "dropout",
         ),
@@ -456,5 +475,133 @@ fn the_shipped_test_function_config_runs_the_whole_loop() {
     assert!(
         out.contains("better than the default in every objective"),
         "{out}"
+    );
+}
+
+/// Trials whose objectives are real measurements.
+fn measured(dir: &Path) -> Vec<dsnn_hpo::store::TrialLine> {
+    read_trials(dir)
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.status != TrialStatus::Failed)
+        .collect()
+}
+
+#[test]
+fn energy_model_both_optimizes_measured_and_opcount_energy_with_repeated_passes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = TINY
+        .replace("energy_model = \"opcount\"", "energy_model = \"both\"")
+        .replace("trials = 7", "trials = 4");
+    let cfg = write_config(tmp.path(), &text);
+    let dir = tmp.path().join("run");
+    let o = run(&[
+        "optimize",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--run-dir",
+        dir.to_str().unwrap(),
+        "--quiet",
+        "--set",
+        "energy.max_passes=4",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let info = dsnn_hpo::store::read_run_info(&dir).unwrap();
+    assert_eq!(
+        info.objectives,
+        ["loss", "inference_kwh", "opcount_inference_kwh"]
+    );
+    assert!(info.objective_sources[1].contains("measured"));
+    assert!(info.objective_sources[2].contains("op-count"));
+    let trials = measured(&dir);
+    assert!(!trials.is_empty());
+    for t in &trials {
+        assert_eq!(t.objectives.len(), 3);
+        let inference: Vec<_> = t.energy.iter().filter(|r| r.phase == "inference").collect();
+        assert_eq!(inference.len(), 2, "trial {}: a measured and an op-count record", t.id);
+        let m = inference.iter().find(|r| r.repeat.is_some()).unwrap();
+        let op = inference
+            .iter()
+            .find(|r| r.cpu.source.as_str() == "opcount")
+            .unwrap();
+        let rep = m.repeat.as_ref().unwrap();
+        assert!(rep.passes >= 1 && rep.passes <= 4, "{rep:?}");
+        // The objective is the mean pass; the record's energy is every pass (warm-up included).
+        assert_eq!(t.objectives[1], m.pass_kwh());
+        assert!(m.energy_kwh > m.pass_kwh() * rep.passes as f64 * 0.99);
+        assert_eq!(t.objectives[2], op.energy_kwh);
+        let metrics = t.metrics.as_ref().unwrap();
+        let per_image = metrics.inference_j_per_image.unwrap();
+        assert!((per_image - rep.mean_j / 100.0).abs() <= 1e-9 * rep.mean_j);
+        assert!(metrics.opcount_j_per_image.unwrap() > 0.0);
+    }
+    // The report shows both views and how well they agree.
+    let json = run(&["pareto", "--run", dir.to_str().unwrap(), "--format", "json"]);
+    assert!(json.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["objectives"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn a_constrained_search_proposes_no_known_violation_and_logs_infeasible_trials() {
+    let tmp = tempfile::tempdir().unwrap();
+    // At most half the default's weight memory (the default: every layer PS at 5 bits), and an
+    // accuracy the tiny budget rarely reaches.
+    let text = TINY.replace("trials = 7", "trials = 9")
+        + "\n[[constraints]]\nquantity = \"weight_memory_bits\"\nmax = 0.5\nrelative = true\n\
+           \n[[constraints]]\nquantity = \"accuracy\"\nmin = 0.6\n";
+    let cfg = write_config(tmp.path(), &text);
+    let dir = tmp.path().join("run");
+    let o = run(&[
+        "optimize",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--run-dir",
+        dir.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let info = dsnn_hpo::store::read_run_info(&dir).unwrap();
+    let reference = info.constraint_reference
+        [&dsnn_hpo::constraint::Quantity::WeightMemoryBits];
+    let all = read_trials(&dir).unwrap();
+    let (default, others): (Vec<_>, Vec<_>) = all
+        .iter()
+        .filter(|t| t.metrics.as_ref().is_some_and(|m| m.weight_memory_bits.is_some()))
+        .partition(|t| t.config == info.default_config);
+    // The default is still evaluated (as the baseline) though it violates the memory bound,
+    // and its trials are infeasible, naming the bound.
+    assert!(!default.is_empty());
+    for t in &default {
+        assert_eq!(t.status, TrialStatus::Infeasible);
+        assert!(
+            t.violated.iter().any(|v| v.starts_with("weight_memory_bits > max 0.5 x default")),
+            "{:?}",
+            t.violated
+        );
+    }
+    // No other trial breaks the known-ahead bound: none was ever proposed.
+    assert!(!others.is_empty());
+    for t in &others {
+        let bits = t.metrics.as_ref().unwrap().weight_memory_bits.unwrap() as f64;
+        assert!(bits <= 0.5 * reference, "trial {} has {bits} bits", t.id);
+        let acc = t.metrics.as_ref().unwrap().valid_accuracy;
+        // Measured constraints decide feasibility, and nothing else does.
+        assert_eq!(t.status == TrialStatus::Infeasible, acc < 0.6, "trial {}", t.id);
+        if acc < 0.6 {
+            assert!(t.violated.iter().any(|v| v.starts_with("accuracy < min 0.6")));
+        }
+    }
+    // Infeasible trials are never on the front.
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap())
+            .unwrap();
+    for id in summary["front"].as_array().unwrap() {
+        let t = all.iter().find(|t| t.id == id.as_u64().unwrap()).unwrap();
+        assert_eq!(t.status, TrialStatus::Success, "trial {} on the front", t.id);
+    }
+    assert_eq!(
+        summary["infeasible"].as_u64().unwrap() as usize,
+        all.iter().filter(|t| t.status == TrialStatus::Infeasible).count()
     );
 }

@@ -92,10 +92,11 @@ pub fn run(args: &OptimizeArgs, out: &mut dyn Write) -> Result<(), Error> {
     )?;
     writeln!(
         out,
-        "run {}: {} trials ({} failed), stopped: {:?}; front of {} (trials {:?}), hypervolume {:.4} (normalised, reference 1.1)",
+        "run {}: {} trials ({} failed, {} infeasible), stopped: {:?}; front of {} (trials {:?}), hypervolume {:.4} (normalised, reference 1.1)",
         run_dir.display(),
         summary.trials,
         summary.failed,
+        summary.infeasible,
         summary.stop,
         summary.front.len(),
         summary.front,
