@@ -1,5 +1,11 @@
 //! Expected improvement on log-scaled costs and its maximiser (random sampling plus local search), after
 //! SMAC3's `EI(log=True)` and `LocalAndSortedRandomSearch`.
+//!
+//! Two optional additions handle constraints. A feasibility forest (fit on 1 = feasible, 0 = infeasible)
+//! turns the score into EI times the probability of feasibility, the constrained EI of Gardner et al.
+//! (2014) that SMAC3- and Optuna-style constrained BO use, floored at [`MIN_POF`] so EI still ranks
+//! candidates where the classifier is sure. A known-ahead filter drops infeasible random samples and
+//! local-search neighbours before they are scored, so no search walks onto them.
 
 use std::cmp::Ordering;
 use std::collections::HashSet;
@@ -23,6 +29,10 @@ pub fn log_expected_improvement(mean: f64, var: f64, eta: f64) -> f64 {
     let ei = eta.exp() * normal_cdf(z) - (mean + 0.5 * var).exp() * normal_cdf(z - s);
     if ei.is_finite() { ei.max(0.0) } else { 0.0 }
 }
+
+/// Floor on the probability of feasibility: `ln(PoF)` stays above `ln(1e-6)`, so candidates the
+/// classifier rules out are still ordered by EI instead of all tying at zero.
+pub const MIN_POF: f64 = 1e-6;
 
 /// How hard the maximiser searches; the defaults keep a suggestion at 100 observations in a few ms.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,22 +68,33 @@ impl Default for MaximizerSettings {
 #[derive(Debug, Clone)]
 pub struct Scored {
     pub vector: Vec<f64>,
+    /// The acquisition value: EI, times the probability of feasibility when a feasibility model is set.
     pub ei: f64,
     pub mean: f64,
+    /// Probability of feasibility (1 without a feasibility model).
+    pub pof: f64,
 }
 
-/// Higher EI first; equal EI prefers the lower predicted (log-)cost.
+/// Higher acquisition first; ties (e.g. EI underflow) prefer the more likely feasible, then the lower
+/// predicted (log-)cost.
 fn better(a: &Scored, b: &Scored) -> Ordering {
     b.ei.partial_cmp(&a.ei)
         .unwrap_or(Ordering::Equal)
+        .then(b.pof.partial_cmp(&a.pof).unwrap_or(Ordering::Equal))
         .then(a.mean.partial_cmp(&b.mean).unwrap_or(Ordering::Equal))
 }
+
+/// Which vectors the maximiser may consider at all (a known-ahead constraint); `true` = allowed.
+pub type VectorFilter<'a> = &'a dyn Fn(&[f64]) -> bool;
 
 /// Scores vectors with a fitted forest against the incumbent `eta`.
 pub struct Acquisition<'a> {
     space: &'a SearchSpace,
     forest: &'a Forest,
     eta: f64,
+    /// Mean prediction = probability of feasibility (see the module doc).
+    feasibility: Option<&'a Forest>,
+    allowed: Option<VectorFilter<'a>>,
     features: Vec<f64>,
 }
 
@@ -83,16 +104,45 @@ impl<'a> Acquisition<'a> {
             space,
             forest,
             eta,
+            feasibility: None,
+            allowed: None,
             features: Vec::with_capacity(space.len()),
         }
+    }
+
+    /// Multiplies EI by the probability of feasibility this forest predicts (fit on 1/0 labels).
+    pub fn with_feasibility(mut self, forest: &'a Forest) -> Self {
+        self.feasibility = Some(forest);
+        self
+    }
+
+    /// Keeps random samples and local-search moves to vectors `allowed` accepts.
+    pub fn with_filter(mut self, allowed: VectorFilter<'a>) -> Self {
+        self.allowed = Some(allowed);
+        self
+    }
+
+    fn is_allowed(&self, v: &[f64]) -> bool {
+        self.allowed.is_none_or(|f| f(v))
     }
 
     pub fn score(&mut self, vector: Vec<f64>) -> Scored {
         self.space.features_into(&vector, &mut self.features);
         let (mean, var) = self.forest.predict(&self.features);
+        let ei = log_expected_improvement(mean, var, self.eta);
+        let pof = match self.feasibility {
+            Some(f) => f.predict(&self.features).0.clamp(0.0, 1.0),
+            None => 1.0,
+        };
         Scored {
-            ei: log_expected_improvement(mean, var, self.eta),
+            // ln EI + ln max(PoF, MIN_POF), kept in the product form (same order, no -inf for EI = 0).
+            ei: if self.feasibility.is_some() {
+                ei * pof.max(MIN_POF)
+            } else {
+                ei
+            },
             mean,
+            pof,
             vector,
         }
     }
@@ -108,12 +158,13 @@ impl<'a> Acquisition<'a> {
         settings: &MaximizerSettings,
         rng: &mut R,
     ) -> Vec<Scored> {
-        let mut random: Vec<Scored> = (0..settings.n_random)
-            .map(|_| {
-                let v = self.space.sample_vector(rng);
-                self.score(v)
-            })
-            .collect();
+        let mut random: Vec<Scored> = Vec::with_capacity(settings.n_random);
+        for _ in 0..settings.n_random {
+            let v = self.space.sample_vector(rng);
+            if self.is_allowed(&v) {
+                random.push(self.score(v));
+            }
+        }
         let starts = self.local_starts(previous, &random, settings.n_local_starts);
 
         let mut out: Vec<Scored> = starts
@@ -162,9 +213,10 @@ impl<'a> Acquisition<'a> {
         let mut current = best.clone();
         let mut flat = 0;
         for _ in 0..settings.max_local_steps {
-            let neighbours =
+            let mut neighbours =
                 self.space
                     .neighbours(&current.vector, settings.neighbours_per_numeric, rng);
+            neighbours.retain(|n| self.is_allowed(n));
             let Some(top) = neighbours.into_iter().map(|n| self.score(n)).min_by(better) else {
                 break;
             };
