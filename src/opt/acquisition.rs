@@ -147,7 +147,7 @@ impl<'a> Acquisition<'a> {
         }
     }
 
-    /// Candidates sorted best first: every random sample and every local-search optimum.
+    /// Candidates sorted best first: every allowed random sample and every allowed local-search optimum.
     ///
     /// Local searches start from the best of `previous` (evaluated configurations) and of the random
     /// samples (see `local_starts`), so promising regions already found are refined while random samples
@@ -172,6 +172,9 @@ impl<'a> Acquisition<'a> {
             .map(|s| self.local_search(s, settings, rng))
             .collect();
         out.append(&mut random);
+        // A local search that never moved returns its start, which may be an evaluated vector the
+        // filter rejects (the default configuration): no candidate breaks the filter.
+        out.retain(|s| self.is_allowed(&s.vector));
         out.sort_by(better);
         out
     }
@@ -303,5 +306,56 @@ mod tests {
         let best = &out[0].vector;
         let dist = ((best[0] - 0.8).powi(2) + (best[1] - 0.2).powi(2)).sqrt();
         assert!(dist < 0.25, "{best:?}");
+    }
+
+    #[test]
+    fn feasibility_and_filter_shape_the_candidates() {
+        // Cost falls towards a = 0.8, but a > 0.5 is infeasible (measured): with the feasibility forest
+        // the best candidate moves to the feasible side; a known filter b < 0.5 holds for every candidate.
+        let space = SearchSpace::new(
+            vec![
+                ParamSpec::float("a", 0.0, 1.0, 0.5),
+                ParamSpec::float("b", 0.0, 1.0, 0.5),
+            ],
+            None,
+        )
+        .unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let x: Vec<Vec<f64>> = (0..60).map(|_| space.sample_vector(&mut rng)).collect();
+        let y: Vec<f64> = x
+            .iter()
+            .map(|v| ((v[0] - 0.8).powi(2) + (v[1] - 0.2).powi(2) + 1e-3).ln())
+            .collect();
+        let labels: Vec<f64> = x.iter().map(|v| f64::from(u8::from(v[0] <= 0.5))).collect();
+        let kinds = space.feature_kinds();
+        let settings = ForestSettings::default();
+        let forest = Forest::fit(&x, &y, &kinds, &settings, 3);
+        let pof = Forest::fit(&x, &labels, &kinds, &settings, 5);
+        let eta = x
+            .iter()
+            .zip(&labels)
+            .filter(|(_, l)| **l == 1.0)
+            .map(|(v, _)| forest.predict(v).0)
+            .fold(f64::INFINITY, f64::min);
+        let m = MaximizerSettings::default();
+
+        let plain = Acquisition::new(&space, &forest, eta).maximize(&x, &m, &mut rng);
+        assert!(plain[0].vector[0] > 0.5, "{:?}", plain[0].vector);
+        assert!(plain.iter().all(|s| s.pof == 1.0));
+
+        let allowed = |v: &[f64]| v[1] < 0.5;
+        let out = Acquisition::new(&space, &forest, eta)
+            .with_feasibility(&pof)
+            .with_filter(&allowed)
+            .maximize(&x, &m, &mut rng);
+        assert!(out[0].vector[0] <= 0.5, "{:?}", out[0].vector);
+        assert!(out[0].pof > 0.5);
+        assert!(out.iter().all(|s| s.vector[1] < 0.5));
+        // Rejected random samples are not scored: fewer candidates than without the filter.
+        assert!(out.len() < m.n_random + 3 * m.n_local_starts);
+        assert!(
+            out.windows(2)
+                .all(|w| better(&w[0], &w[1]) != Ordering::Greater)
+        );
     }
 }

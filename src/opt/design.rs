@@ -132,6 +132,34 @@ mod tests {
     }
 
     #[test]
+    fn a_filtered_design_keeps_the_default_and_fills_up_with_accepted_points() {
+        let space = SearchSpace::new(
+            vec![
+                ParamSpec::float("x", 0.0, 1.0, 0.95),
+                ParamSpec::float("y", 0.0, 1.0, 0.5),
+            ],
+            None,
+        )
+        .unwrap();
+        // 90% of the square is rejected, the default among it.
+        let keep = |v: &[f64]| v[0] < 0.1;
+        let d = initial_design_where(&space, 20, 7, &keep, 10_000);
+        assert_eq!(d.len(), 20);
+        assert_eq!(d[0], vec![0.95, 0.5]);
+        assert!(d[1..].iter().all(|v| keep(v)));
+        // Nothing accepted: only the default, after a bounded number of draws.
+        assert_eq!(
+            initial_design_where(&space, 20, 7, &|_| false, 1000).len(),
+            1
+        );
+        // Accepting everything is the plain design.
+        assert_eq!(
+            initial_design_where(&space, 20, 7, &|_| true, 16 * 20 + 64),
+            initial_design(&space, 20, 7)
+        );
+    }
+
+    #[test]
     fn smac_size_rule() {
         assert_eq!(default_size(6, 100), 25);
         assert_eq!(default_size(2, 100), 20);
