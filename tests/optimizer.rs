@@ -648,7 +648,7 @@ mod constraints {
         } else {
             Strategy::Random
         };
-        let budgets = if seed % 2 == 0 {
+        let budgets = if seed.is_multiple_of(2) {
             Budgets::single(1.0)
         } else {
             Budgets::epochs(1, 9, 3)
