@@ -216,11 +216,20 @@ impl<'a> Acquisition<'a> {
         let mut current = best.clone();
         let mut flat = 0;
         for _ in 0..settings.max_local_steps {
-            let mut neighbours =
+            let neighbours =
                 self.space
                     .neighbours(&current.vector, settings.neighbours_per_numeric, rng);
-            neighbours.retain(|n| self.is_allowed(n));
-            let Some(top) = neighbours.into_iter().map(|n| self.score(n)).min_by(better) else {
+            let top = if self.allowed.is_some() {
+                // The best allowed neighbour, asking the filter (a user predicate on a decoded
+                // configuration, dearer than a forest prediction) only down to the first allowed one.
+                let mut scored: Vec<Scored> =
+                    neighbours.into_iter().map(|n| self.score(n)).collect();
+                scored.sort_by(better);
+                scored.into_iter().find(|s| self.is_allowed(&s.vector))
+            } else {
+                neighbours.into_iter().map(|n| self.score(n)).min_by(better)
+            };
+            let Some(top) = top else {
                 break;
             };
             match better(&top, &current) {
