@@ -560,3 +560,462 @@ fn parego_beats_random_search_on_zdt1() {
     let random = total(OptimizerChoice::Random);
     assert!(parego > random, "parego {parego} vs random {random}");
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Constraints
+// ---------------------------------------------------------------------------------------------------
+
+mod constraints {
+    use super::*;
+    use dsnn_hpo::opt::{KnownConstraint, Strategy};
+    use dsnn_hpo::space::{Config, Value};
+    use rand::SeedableRng;
+    use std::sync::Arc;
+
+    /// Float, int, log, categorical and a conditional parameter; the default (width 200 x depth 4) breaks
+    /// [`budget_constraint`].
+    fn constrained_space() -> SearchSpace {
+        SearchSpace::new(
+            vec![
+                ParamSpec::float("lr", 1e-4, 1.0, 0.01).log(),
+                ParamSpec::int("width", 8, 256, 200),
+                ParamSpec::int("depth", 1, 4, 4),
+                ParamSpec::categorical("opt", &["sgd", "adam", "rmsprop"], "sgd"),
+                ParamSpec::float("momentum", 0.0, 0.99, 0.9).active_if("opt", &["sgd".into()]),
+                ParamSpec::float("dropout", 0.0, 0.5, 0.1),
+            ],
+            None,
+        )
+        .unwrap()
+    }
+
+    /// A weight-budget-like predicate that rejects about half of the space.
+    fn budget_ok(c: &Config) -> bool {
+        let width = c.f64("width").unwrap();
+        let depth = c.f64("depth").unwrap();
+        let lr = c.f64("lr").unwrap();
+        let slow_sgd = c.str("opt") == Some("sgd") && c.f64("momentum").unwrap() < 0.3;
+        width * depth <= 400.0 && lr <= 0.1 && !slow_sgd
+    }
+
+    fn budget_constraint() -> KnownConstraint {
+        Arc::new(budget_ok)
+    }
+
+    /// Two cheap objectives of the constrained space.
+    fn objectives(t: &Trial) -> Vec<f64> {
+        let lr = t.config.f64("lr").unwrap();
+        let width = t.config.f64("width").unwrap();
+        let depth = t.config.f64("depth").unwrap();
+        let dropout = t.config.f64("dropout").unwrap();
+        let loss = (lr.log10() + 2.5).powi(2) + (dropout - 0.2).powi(2) + 2.0 / (depth * t.budget);
+        vec![loss, width * depth / 1024.0]
+    }
+
+    /// Success, with every 7th trial failing and high dropout breaking a measured constraint.
+    fn outcome(t: &Trial) -> Outcome {
+        if t.id % 7 == 3 {
+            Outcome::Failed {
+                reason: "diverged".into(),
+            }
+        } else if t.config.f64("dropout").unwrap() > 0.35 {
+            Outcome::Infeasible {
+                objectives: objectives(t),
+                violated: vec!["accuracy >= 0.8".into()],
+            }
+        } else {
+            Outcome::Success {
+                objectives: objectives(t),
+            }
+        }
+    }
+
+    /// Small model and maximiser: the test profile builds this crate unoptimised.
+    fn small_settings(max_trials: usize, budgets: Budgets, seed: u64) -> SmboSettings {
+        let mut s = SmboSettings::new(2, max_trials, budgets, seed);
+        s.forest.n_trees = 3;
+        s.maximizer.n_random = 40;
+        s.maximizer.n_local_starts = 2;
+        s.maximizer.max_local_steps = 5;
+        s.maximizer.plateau_steps = 2;
+        s
+    }
+
+    /// One run of `max_trials` asks with `workers` trials in flight, told in order; the trials asked.
+    fn constrained_run(seed: u64, max_trials: usize) -> (Vec<Trial>, Strategy) {
+        let strategy = if seed % 4 < 2 {
+            Strategy::ParEgo
+        } else {
+            Strategy::Random
+        };
+        let budgets = if seed.is_multiple_of(2) {
+            Budgets::single(1.0)
+        } else {
+            Budgets::epochs(1, 9, 3)
+        };
+        let mut settings = small_settings(max_trials, budgets, seed);
+        settings.strategy = strategy;
+        let mut opt = Smbo::new(constrained_space(), settings)
+            .unwrap()
+            .with_known_constraint(budget_constraint());
+        let workers = 1 + (seed / 4 % 3) as usize;
+        let mut pending: Vec<Trial> = Vec::new();
+        let mut all = Vec::new();
+        loop {
+            while pending.len() < workers {
+                match opt.ask() {
+                    Ask::Trial(t) => {
+                        all.push(t.clone());
+                        pending.push(t);
+                    }
+                    Ask::Wait | Ask::Done => break,
+                }
+            }
+            if pending.is_empty() {
+                break;
+            }
+            let t = pending.remove(0);
+            opt.tell(t.id, outcome(&t)).unwrap();
+        }
+        (all, strategy)
+    }
+
+    #[test]
+    fn known_constraint_is_never_broken_in_10000_asks() {
+        let space = constrained_space();
+        assert!(!budget_ok(&space.default_config()));
+        // The constraint rejects a substantial part of the space.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let rejected = (0..4000)
+            .filter(|_| !budget_ok(&space.sample(&mut rng)))
+            .count() as f64
+            / 4000.0;
+        assert!((0.4..0.7).contains(&rejected), "rejected share {rejected}");
+
+        let start = Instant::now();
+        let (mut asks, mut new, mut violations, mut infeasible_told) = (0, 0, 0, 0);
+        for seed in 0..100 {
+            let (trials, strategy) = constrained_run(seed, 100);
+            assert_eq!(trials.len(), 100, "seed {seed} stopped early");
+            asks += trials.len();
+            if strategy == Strategy::ParEgo {
+                assert_eq!(trials[0].config, space.default_config(), "seed {seed}");
+            }
+            let mut keys = HashSet::new();
+            for t in trials.iter().filter(|t| t.continues.is_none()) {
+                new += 1;
+                assert!(keys.insert(SearchSpace::key(&space.to_vector(&t.config).unwrap())));
+                let is_default = strategy == Strategy::ParEgo && t.id == 0;
+                if !is_default && !budget_ok(&t.config) {
+                    violations += 1;
+                }
+            }
+            infeasible_told += trials
+                .iter()
+                .filter(|t| t.id % 7 != 3 && t.config.f64("dropout").unwrap() > 0.35)
+                .count();
+        }
+        eprintln!(
+            "{asks} asks ({new} new, {infeasible_told} told infeasible) in {:?}",
+            start.elapsed()
+        );
+        assert_eq!(asks, 10_000);
+        assert!(infeasible_told > 100, "{infeasible_told}");
+        assert_eq!(violations, 0);
+    }
+
+    #[test]
+    fn same_seed_same_asks_with_constraints() {
+        for seed in [0, 1] {
+            let (a, _) = constrained_run(seed, 80);
+            let (b, _) = constrained_run(seed, 80);
+            assert_eq!(a, b);
+        }
+        let (a, _) = constrained_run(0, 80);
+        let (c, _) = constrained_run(4, 80);
+        assert_ne!(a[1..], c[1..]);
+    }
+
+    #[test]
+    fn a_mostly_infeasible_space_still_yields_feasible_points() {
+        // 95% of the space is infeasible: random proposal must still find the rest, every time.
+        let space = SearchSpace::new(
+            vec![
+                ParamSpec::float("a", 0.0, 1.0, 0.5),
+                ParamSpec::float("b", 0.0, 1.0, 0.5),
+            ],
+            None,
+        )
+        .unwrap();
+        let ok = |c: &Config| c.f64("a").unwrap() < 0.05;
+        for strategy in [Strategy::Random, Strategy::ParEgo] {
+            let mut settings = small_settings(60, Budgets::single(1.0), 3);
+            settings.n_objectives = 1;
+            settings.strategy = strategy;
+            let mut opt = Smbo::new(space.clone(), settings)
+                .unwrap()
+                .with_known_constraint(Arc::new(ok));
+            let mut n = 0;
+            while let Ask::Trial(t) = opt.ask() {
+                assert!(t.id == 0 && strategy == Strategy::ParEgo || ok(&t.config));
+                let a = t.config.f64("a").unwrap();
+                opt.tell(
+                    t.id,
+                    Outcome::Success {
+                        objectives: vec![a],
+                    },
+                )
+                .unwrap();
+                n += 1;
+            }
+            assert_eq!(n, 60, "{strategy:?}");
+        }
+    }
+
+    #[test]
+    fn a_space_with_nothing_feasible_left_ends_like_exhaustion() {
+        let space = SearchSpace::new(
+            vec![
+                ParamSpec::int("k", 1, 4, 1),
+                ParamSpec::categorical("c", &["a", "b"], "a"),
+            ],
+            None,
+        )
+        .unwrap();
+        // 2 of 8 configurations are feasible; the default (1, a) is not.
+        let ok = |c: &Config| c.i64("k") == Some(3);
+        let mut opt = Smbo::new(
+            space.clone(),
+            SmboSettings::new(1, 50, Budgets::single(1.0), 1),
+        )
+        .unwrap()
+        .with_known_constraint(Arc::new(ok));
+        let mut trials = Vec::new();
+        loop {
+            match opt.ask() {
+                Ask::Trial(t) => trials.push(t),
+                Ask::Wait => break,
+                Ask::Done => panic!("done while trials are pending"),
+            }
+        }
+        assert_eq!(trials[0].config, space.default_config());
+        assert_eq!(trials.len(), 3);
+        assert!(trials[1..].iter().all(|t| ok(&t.config)));
+        for t in &trials {
+            opt.tell(
+                t.id,
+                Outcome::Success {
+                    objectives: vec![1.0],
+                },
+            )
+            .unwrap();
+        }
+        assert_eq!(opt.ask(), Ask::Done);
+
+        // Nothing feasible at all: random search ends at once, never loops.
+        let never: KnownConstraint = Arc::new(|_: &Config| false);
+        let mut opt = Smbo::random_search(space, SmboSettings::new(1, 50, Budgets::single(1.0), 1))
+            .unwrap()
+            .with_known_constraint(never);
+        assert_eq!(opt.ask(), Ask::Done);
+    }
+
+    #[test]
+    fn infeasible_trials_never_reach_the_pareto_front() {
+        let space = SearchSpace::new(vec![ParamSpec::float("x", 0.0, 1.0, 0.5)], None).unwrap();
+        let mut settings = SmboSettings::new(2, 30, Budgets::single(1.0), 4);
+        settings.initial_design = Some(10);
+        let mut opt = Smbo::new(space, settings).unwrap();
+        let mut infeasible = HashSet::new();
+        while let Ask::Trial(t) = opt.ask() {
+            let x = t.config.f64("x").unwrap();
+            // A convex front over x; the infeasible half is shifted far below it, dominating everything.
+            let objectives = vec![x, (1.0 - x).powi(2)];
+            let outcome = if t.id % 2 == 0 {
+                infeasible.insert(t.id);
+                Outcome::Infeasible {
+                    objectives: objectives.iter().map(|v| v - 10.0).collect(),
+                    violated: vec!["latency".into()],
+                }
+            } else {
+                Outcome::Success { objectives }
+            };
+            opt.tell(t.id, outcome).unwrap();
+        }
+        let front = opt.pareto_front();
+        assert!(front.len() >= 2);
+        for r in &front {
+            assert!(!infeasible.contains(&r.trial.id), "trial {}", r.trial.id);
+            assert!(matches!(r.outcome, Some(Outcome::Success { .. })));
+        }
+        // It is the front of the feasible successes alone.
+        let feasible: Vec<Vec<f64>> = opt
+            .records()
+            .iter()
+            .filter_map(|r| match &r.outcome {
+                Some(Outcome::Success { objectives }) => Some(objectives.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(front.len(), non_dominated_sort(&feasible)[0].len());
+    }
+
+    #[test]
+    fn feasible_trials_are_promoted_first_even_when_dominated() {
+        // Budgets 1..9, eta 3: 9 configurations at 1 epoch, 3 promoted to 3 epochs.
+        let settings = SmboSettings::new(2, 12, Budgets::epochs(1, 9, 3), 6);
+        let mut opt = Smbo::random_search(mixed_space(), settings).unwrap();
+        let mut first = Vec::new();
+        for _ in 0..9 {
+            let Ask::Trial(t) = opt.ask() else {
+                panic!("expected a trial")
+            };
+            assert_eq!(t.epochs(), 1);
+            first.push(t);
+        }
+        // Trials 2 and 5 are feasible and dominated by every infeasible one; 0 fails.
+        for t in &first {
+            let i = t.id as f64;
+            let outcome = match t.id {
+                0 => Outcome::Failed {
+                    reason: "oom".into(),
+                },
+                2 | 5 => Outcome::Success {
+                    objectives: vec![10.0 + i, 10.0 + i],
+                },
+                // The infeasible ones: one front (i, 8 - i), trials 1 and 8 are its extremes.
+                _ => Outcome::Infeasible {
+                    objectives: vec![i, 8.0 - i],
+                    violated: vec!["accuracy".into()],
+                },
+            };
+            opt.tell(t.id, outcome).unwrap();
+        }
+        let mut promoted = Vec::new();
+        for _ in 0..3 {
+            let Ask::Trial(t) = opt.ask() else {
+                panic!("expected a promotion")
+            };
+            assert_eq!(t.epochs(), 3);
+            promoted.push(t.continues.unwrap());
+        }
+        // Both feasible ones first, then the best-spread infeasible one (an extreme of its front).
+        assert_eq!(promoted[..2], [2, 5]);
+        assert!(promoted[2] == 1 || promoted[2] == 8, "{promoted:?}");
+    }
+
+    #[test]
+    fn infeasible_outcome_round_trips_through_json() {
+        let o = Outcome::Infeasible {
+            objectives: vec![0.25, 3.0],
+            violated: vec!["accuracy >= 0.8".into(), "latency <= 2 ms".into()],
+        };
+        let text = serde_json::to_string(&o).unwrap();
+        assert_eq!(
+            text,
+            r#"{"status":"infeasible","objectives":[0.25,3.0],"violated":["accuracy >= 0.8","latency <= 2 ms"]}"#
+        );
+        assert_eq!(serde_json::from_str::<Outcome>(&text).unwrap(), o);
+        assert_eq!(o.objectives(), Some(&[0.25, 3.0][..]));
+        assert!(!o.is_feasible_success());
+    }
+
+    #[test]
+    fn tell_checks_infeasible_outcomes_like_successes() {
+        let settings = SmboSettings::new(2, 10, Budgets::single(1.0), 0);
+        let mut opt = Smbo::new(mixed_space(), settings).unwrap();
+        let Ask::Trial(t) = opt.ask() else {
+            panic!("expected a trial");
+        };
+        let infeasible = |objectives: Vec<f64>| Outcome::Infeasible {
+            objectives,
+            violated: vec!["c".into()],
+        };
+        assert_eq!(
+            opt.tell(t.id, infeasible(vec![1.0])),
+            Err(TellError::WrongObjectiveCount {
+                id: t.id,
+                expected: 2,
+                got: 1
+            })
+        );
+        opt.tell(t.id, infeasible(vec![1.0, f64::INFINITY]))
+            .unwrap();
+        match &opt.records()[0].outcome {
+            Some(Outcome::Failed { reason }) => assert!(reason.contains("objective 1"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Share of model-phase proposals with x0 > 0.5 over several seeds, where x0 > 0.5 is infeasible
+    /// (told as such when `measured`, as plain successes otherwise) and the optimum lies just inside it.
+    fn infeasible_share(measured: bool) -> f64 {
+        let space = SearchSpace::new(
+            vec![
+                ParamSpec::float("x0", 0.0, 1.0, 0.25),
+                ParamSpec::float("x1", 0.0, 1.0, 0.25),
+            ],
+            None,
+        )
+        .unwrap();
+        let (mut model, mut over) = (0, 0);
+        for seed in 0..4 {
+            let mut settings = SmboSettings::new(1, 50, Budgets::single(1.0), seed);
+            settings.initial_design = Some(12);
+            settings.random_fraction = 0.0;
+            settings.front_fraction = 0.0;
+            settings.forest.n_trees = 5;
+            settings.maximizer.n_random = 100;
+            settings.maximizer.n_local_starts = 3;
+            let mut opt = Smbo::new(space.clone(), settings).unwrap();
+            while let Ask::Trial(t) = opt.ask() {
+                let x0 = t.config.f64("x0").unwrap();
+                let x1 = t.config.f64("x1").unwrap();
+                let objectives = vec![(x0 - 0.65).powi(2) + (x1 - 0.5).powi(2)];
+                if t.id >= 12 {
+                    model += 1;
+                    over += usize::from(x0 > 0.5);
+                }
+                let outcome = if measured && x0 > 0.5 {
+                    Outcome::Infeasible {
+                        objectives,
+                        violated: vec!["x0 <= 0.5".into()],
+                    }
+                } else {
+                    Outcome::Success { objectives }
+                };
+                opt.tell(t.id, outcome).unwrap();
+            }
+        }
+        over as f64 / model as f64
+    }
+
+    #[test]
+    fn the_feasibility_model_steers_away_from_infeasible_regions() {
+        let with = infeasible_share(true);
+        let without = infeasible_share(false);
+        eprintln!(
+            "share of model proposals with x0 > 0.5: {with:.3} with feasibility, {without:.3} without"
+        );
+        assert!(without > 0.5, "without feasibility information: {without}");
+        assert!(with < 0.3, "with feasibility information: {with}");
+    }
+
+    #[test]
+    fn known_feasible_reports_the_constraint() {
+        let opt = Smbo::new(
+            constrained_space(),
+            SmboSettings::new(2, 10, Budgets::single(1.0), 0),
+        )
+        .unwrap();
+        let default = constrained_space().default_config();
+        assert!(opt.known_feasible(&default));
+        let opt = opt.with_known_constraint(budget_constraint());
+        assert!(!opt.known_feasible(&default));
+        let mut small = default.clone();
+        small.insert("width", Value::Int(16));
+        assert!(opt.known_feasible(&small));
+        // The wrapper prints without exposing the closure.
+        assert!(format!("{opt:?}").contains("<known constraint>"));
+    }
+}

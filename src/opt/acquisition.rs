@@ -1,5 +1,11 @@
 //! Expected improvement on log-scaled costs and its maximiser (random sampling plus local search), after
 //! SMAC3's `EI(log=True)` and `LocalAndSortedRandomSearch`.
+//!
+//! Two optional additions handle constraints. A feasibility forest (fit on 1 = feasible, 0 = infeasible)
+//! turns the score into EI times the probability of feasibility, the constrained EI of Gardner et al.
+//! (2014) that SMAC3- and Optuna-style constrained BO use, floored at [`MIN_POF`] so EI still ranks
+//! candidates where the classifier is sure. A known-ahead filter drops infeasible random samples and
+//! local-search neighbours before they are scored, so no search walks onto them.
 
 use std::cmp::Ordering;
 use std::collections::HashSet;
@@ -23,6 +29,10 @@ pub fn log_expected_improvement(mean: f64, var: f64, eta: f64) -> f64 {
     let ei = eta.exp() * normal_cdf(z) - (mean + 0.5 * var).exp() * normal_cdf(z - s);
     if ei.is_finite() { ei.max(0.0) } else { 0.0 }
 }
+
+/// Floor on the probability of feasibility: `ln(PoF)` stays above `ln(1e-6)`, so candidates the
+/// classifier rules out are still ordered by EI instead of all tying at zero.
+pub const MIN_POF: f64 = 1e-6;
 
 /// How hard the maximiser searches; the defaults keep a suggestion at 100 observations in a few ms.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,22 +68,33 @@ impl Default for MaximizerSettings {
 #[derive(Debug, Clone)]
 pub struct Scored {
     pub vector: Vec<f64>,
+    /// The acquisition value: EI, times the probability of feasibility when a feasibility model is set.
     pub ei: f64,
     pub mean: f64,
+    /// Probability of feasibility (1 without a feasibility model).
+    pub pof: f64,
 }
 
-/// Higher EI first; equal EI prefers the lower predicted (log-)cost.
+/// Higher acquisition first; ties (e.g. EI underflow) prefer the more likely feasible, then the lower
+/// predicted (log-)cost.
 fn better(a: &Scored, b: &Scored) -> Ordering {
     b.ei.partial_cmp(&a.ei)
         .unwrap_or(Ordering::Equal)
+        .then(b.pof.partial_cmp(&a.pof).unwrap_or(Ordering::Equal))
         .then(a.mean.partial_cmp(&b.mean).unwrap_or(Ordering::Equal))
 }
+
+/// Which vectors the maximiser may consider at all (a known-ahead constraint); `true` = allowed.
+pub type VectorFilter<'a> = &'a dyn Fn(&[f64]) -> bool;
 
 /// Scores vectors with a fitted forest against the incumbent `eta`.
 pub struct Acquisition<'a> {
     space: &'a SearchSpace,
     forest: &'a Forest,
     eta: f64,
+    /// Mean prediction = probability of feasibility (see the module doc).
+    feasibility: Option<&'a Forest>,
+    allowed: Option<VectorFilter<'a>>,
     features: Vec<f64>,
 }
 
@@ -83,21 +104,50 @@ impl<'a> Acquisition<'a> {
             space,
             forest,
             eta,
+            feasibility: None,
+            allowed: None,
             features: Vec::with_capacity(space.len()),
         }
+    }
+
+    /// Multiplies EI by the probability of feasibility this forest predicts (fit on 1/0 labels).
+    pub fn with_feasibility(mut self, forest: &'a Forest) -> Self {
+        self.feasibility = Some(forest);
+        self
+    }
+
+    /// Keeps random samples and local-search moves to vectors `allowed` accepts.
+    pub fn with_filter(mut self, allowed: VectorFilter<'a>) -> Self {
+        self.allowed = Some(allowed);
+        self
+    }
+
+    fn is_allowed(&self, v: &[f64]) -> bool {
+        self.allowed.is_none_or(|f| f(v))
     }
 
     pub fn score(&mut self, vector: Vec<f64>) -> Scored {
         self.space.features_into(&vector, &mut self.features);
         let (mean, var) = self.forest.predict(&self.features);
+        let ei = log_expected_improvement(mean, var, self.eta);
+        let pof = match self.feasibility {
+            Some(f) => f.predict(&self.features).0.clamp(0.0, 1.0),
+            None => 1.0,
+        };
         Scored {
-            ei: log_expected_improvement(mean, var, self.eta),
+            // ln EI + ln max(PoF, MIN_POF), kept in the product form (same order, no -inf for EI = 0).
+            ei: if self.feasibility.is_some() {
+                ei * pof.max(MIN_POF)
+            } else {
+                ei
+            },
             mean,
+            pof,
             vector,
         }
     }
 
-    /// Candidates sorted best first: every random sample and every local-search optimum.
+    /// Candidates sorted best first: every allowed random sample and every allowed local-search optimum.
     ///
     /// Local searches start from the best of `previous` (evaluated configurations) and of the random
     /// samples (see `local_starts`), so promising regions already found are refined while random samples
@@ -108,12 +158,13 @@ impl<'a> Acquisition<'a> {
         settings: &MaximizerSettings,
         rng: &mut R,
     ) -> Vec<Scored> {
-        let mut random: Vec<Scored> = (0..settings.n_random)
-            .map(|_| {
-                let v = self.space.sample_vector(rng);
-                self.score(v)
-            })
-            .collect();
+        let mut random: Vec<Scored> = Vec::with_capacity(settings.n_random);
+        for _ in 0..settings.n_random {
+            let v = self.space.sample_vector(rng);
+            if self.is_allowed(&v) {
+                random.push(self.score(v));
+            }
+        }
         let starts = self.local_starts(previous, &random, settings.n_local_starts);
 
         let mut out: Vec<Scored> = starts
@@ -121,6 +172,9 @@ impl<'a> Acquisition<'a> {
             .map(|s| self.local_search(s, settings, rng))
             .collect();
         out.append(&mut random);
+        // A local search that never moved returns its start, which may be an evaluated vector the
+        // filter rejects (the default configuration): no candidate breaks the filter.
+        out.retain(|s| self.is_allowed(&s.vector));
         out.sort_by(better);
         out
     }
@@ -165,7 +219,17 @@ impl<'a> Acquisition<'a> {
             let neighbours =
                 self.space
                     .neighbours(&current.vector, settings.neighbours_per_numeric, rng);
-            let Some(top) = neighbours.into_iter().map(|n| self.score(n)).min_by(better) else {
+            let top = if self.allowed.is_some() {
+                // The best allowed neighbour, asking the filter (a user predicate on a decoded
+                // configuration, dearer than a forest prediction) only down to the first allowed one.
+                let mut scored: Vec<Scored> =
+                    neighbours.into_iter().map(|n| self.score(n)).collect();
+                scored.sort_by(better);
+                scored.into_iter().find(|s| self.is_allowed(&s.vector))
+            } else {
+                neighbours.into_iter().map(|n| self.score(n)).min_by(better)
+            };
+            let Some(top) = top else {
                 break;
             };
             match better(&top, &current) {
@@ -251,5 +315,56 @@ mod tests {
         let best = &out[0].vector;
         let dist = ((best[0] - 0.8).powi(2) + (best[1] - 0.2).powi(2)).sqrt();
         assert!(dist < 0.25, "{best:?}");
+    }
+
+    #[test]
+    fn feasibility_and_filter_shape_the_candidates() {
+        // Cost falls towards a = 0.8, but a > 0.5 is infeasible (measured): with the feasibility forest
+        // the best candidate moves to the feasible side; a known filter b < 0.5 holds for every candidate.
+        let space = SearchSpace::new(
+            vec![
+                ParamSpec::float("a", 0.0, 1.0, 0.5),
+                ParamSpec::float("b", 0.0, 1.0, 0.5),
+            ],
+            None,
+        )
+        .unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let x: Vec<Vec<f64>> = (0..60).map(|_| space.sample_vector(&mut rng)).collect();
+        let y: Vec<f64> = x
+            .iter()
+            .map(|v| ((v[0] - 0.8).powi(2) + (v[1] - 0.2).powi(2) + 1e-3).ln())
+            .collect();
+        let labels: Vec<f64> = x.iter().map(|v| f64::from(u8::from(v[0] <= 0.5))).collect();
+        let kinds = space.feature_kinds();
+        let settings = ForestSettings::default();
+        let forest = Forest::fit(&x, &y, &kinds, &settings, 3);
+        let pof = Forest::fit(&x, &labels, &kinds, &settings, 5);
+        let eta = x
+            .iter()
+            .zip(&labels)
+            .filter(|(_, l)| **l == 1.0)
+            .map(|(v, _)| forest.predict(v).0)
+            .fold(f64::INFINITY, f64::min);
+        let m = MaximizerSettings::default();
+
+        let plain = Acquisition::new(&space, &forest, eta).maximize(&x, &m, &mut rng);
+        assert!(plain[0].vector[0] > 0.5, "{:?}", plain[0].vector);
+        assert!(plain.iter().all(|s| s.pof == 1.0));
+
+        let allowed = |v: &[f64]| v[1] < 0.5;
+        let out = Acquisition::new(&space, &forest, eta)
+            .with_feasibility(&pof)
+            .with_filter(&allowed)
+            .maximize(&x, &m, &mut rng);
+        assert!(out[0].vector[0] <= 0.5, "{:?}", out[0].vector);
+        assert!(out[0].pof > 0.5);
+        assert!(out.iter().all(|s| s.vector[1] < 0.5));
+        // Rejected random samples are not scored: fewer candidates than without the filter.
+        assert!(out.len() < m.n_random + 3 * m.n_local_starts);
+        assert!(
+            out.windows(2)
+                .all(|w| better(&w[0], &w[1]) != Ordering::Greater)
+        );
     }
 }

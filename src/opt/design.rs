@@ -14,7 +14,12 @@ pub fn default_size(n_params: usize, max_trials: usize) -> usize {
 /// sobol_burley has 256 dimensions; beyond that, dimensions repeat under a different seed, which is the
 /// padding its documentation recommends. Indices past 2^16 wrap (an initial design never needs that many).
 pub fn sobol_points(n: usize, dims: usize, seed: u32) -> Vec<Vec<f64>> {
-    (0..n)
+    sobol_range(0, n, dims, seed)
+}
+
+/// Points `start..start + n` of the sequence [`sobol_points`] draws from.
+fn sobol_range(start: usize, n: usize, dims: usize, seed: u32) -> Vec<Vec<f64>> {
+    (start..start + n)
         .map(|i| {
             (0..dims)
                 .map(|d| {
@@ -36,6 +41,19 @@ pub fn sobol_points(n: usize, dims: usize, seed: u32) -> Vec<Vec<f64>> {
 /// Discrete spaces can map different Sobol points onto one configuration; duplicates are dropped and
 /// more points drawn, so the design may come out shorter only when the space itself is that small.
 pub fn initial_design(space: &SearchSpace, size: usize, seed: u32) -> Vec<Vec<f64>> {
+    initial_design_where(space, size, seed, &|_| true, 16 * size + 64)
+}
+
+/// [`initial_design`] keeping only Sobol points that `keep` accepts (a known-ahead constraint), drawing
+/// up to `max_draws` points so a mostly infeasible space still fills the design. The default
+/// configuration is always first whatever `keep` says: it is the baseline every run evaluates.
+pub fn initial_design_where(
+    space: &SearchSpace,
+    size: usize,
+    seed: u32,
+    keep: &dyn Fn(&[f64]) -> bool,
+    max_draws: usize,
+) -> Vec<Vec<f64>> {
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(size);
     let default = space.default_vector();
@@ -46,12 +64,11 @@ pub fn initial_design(space: &SearchSpace, size: usize, seed: u32) -> Vec<Vec<f6
     out.push(default);
     let mut drawn = 0;
     // Draw in rounds so a heavily duplicating discrete space cannot loop forever.
-    while out.len() < size && drawn < 16 * size + 64 {
+    while out.len() < size && drawn < max_draws {
         let want = size - out.len();
-        let points = sobol_points(drawn + want, space.len(), seed);
-        for p in &points[drawn..] {
+        for p in &sobol_range(drawn, want, space.len(), seed) {
             let v = space.from_unit(p);
-            if seen.insert(SearchSpace::key(&v)) {
+            if seen.insert(SearchSpace::key(&v)) && keep(&v) {
                 out.push(v);
                 if out.len() == size {
                     break;
@@ -112,6 +129,34 @@ mod tests {
         // A space with only 3 configurations yields 3.
         let tiny = SearchSpace::new(vec![ParamSpec::int("k", 1, 3, 2)], None).unwrap();
         assert_eq!(initial_design(&tiny, 10, 0).len(), 3);
+    }
+
+    #[test]
+    fn a_filtered_design_keeps_the_default_and_fills_up_with_accepted_points() {
+        let space = SearchSpace::new(
+            vec![
+                ParamSpec::float("x", 0.0, 1.0, 0.95),
+                ParamSpec::float("y", 0.0, 1.0, 0.5),
+            ],
+            None,
+        )
+        .unwrap();
+        // 90% of the square is rejected, the default among it.
+        let keep = |v: &[f64]| v[0] < 0.1;
+        let d = initial_design_where(&space, 20, 7, &keep, 10_000);
+        assert_eq!(d.len(), 20);
+        assert_eq!(d[0], vec![0.95, 0.5]);
+        assert!(d[1..].iter().all(|v| keep(v)));
+        // Nothing accepted: only the default, after a bounded number of draws.
+        assert_eq!(
+            initial_design_where(&space, 20, 7, &|_| false, 1000).len(),
+            1
+        );
+        // Accepting everything is the plain design.
+        assert_eq!(
+            initial_design_where(&space, 20, 7, &|_| true, 16 * 20 + 64),
+            initial_design(&space, 20, 7)
+        );
     }
 
     #[test]

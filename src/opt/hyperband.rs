@@ -167,6 +167,8 @@ pub enum SlotKind {
 enum Status {
     Pending,
     Success(Vec<f64>),
+    /// Measured, but broke a measured constraint: promoted only to fill slots feasible trials cannot.
+    Infeasible(Vec<f64>),
     Failed,
 }
 
@@ -245,9 +247,10 @@ impl Bracket {
                     trial: m.trial,
                     budget: rung.budget,
                     costs: match &m.result {
-                        Status::Success(c) => Some(c.as_slice()),
+                        Status::Success(c) | Status::Infeasible(c) => Some(c.as_slice()),
                         _ => None,
                     },
+                    feasible: !matches!(m.result, Status::Infeasible(_)),
                 })
                 .collect();
             let chosen = select_for_promotion(&candidates, k);
@@ -268,6 +271,8 @@ pub struct Candidate<'a> {
     pub budget: f64,
     /// `None` for a failed trial: never promoted.
     pub costs: Option<&'a [f64]>,
+    /// `false` when it broke a measured constraint: promoted only after every feasible one.
+    pub feasible: bool,
 }
 
 /// Picks up to `k` trials to promote: non-dominated fronts of the raw costs are taken whole while they fit,
@@ -276,26 +281,37 @@ pub struct Candidate<'a> {
 /// Costs measured at different budgets (a rung rebuilt from a log, a config met again in a later bracket)
 /// are compared as they are: the sort needs nothing but comparable vectors, so mixed budgets cannot fail.
 /// Failed trials and costs of the wrong length are left out, so fewer than `k` may come back.
+///
+/// Feasible trials go first, ranked as above; infeasible ones (measured constraint broken) only fill the
+/// slots left over, ranked the same way among themselves. Good costs bought by breaking a constraint
+/// must not push out a design the user can actually use, while a rung with no feasible trial still
+/// promotes its best measurements so the bracket keeps learning.
 pub fn select_for_promotion(candidates: &[Candidate], k: usize) -> Vec<u64> {
     let n_obj = candidates
         .iter()
         .find_map(|c| c.costs.map(<[f64]>::len))
         .unwrap_or(0);
-    let ok: Vec<&Candidate> = candidates
-        .iter()
-        .filter(|c| {
-            c.costs
-                .is_some_and(|v| v.len() == n_obj && v.iter().all(|x| x.is_finite()))
-        })
-        .collect();
-    let points: Vec<Vec<f64>> = ok
-        .iter()
-        .filter_map(|c| c.costs.map(<[f64]>::to_vec))
-        .collect();
-    pareto::select_best(&points, k)
-        .into_iter()
-        .map(|i| ok[i].trial)
-        .collect()
+    let mut chosen = Vec::with_capacity(k);
+    for feasible in [true, false] {
+        let ok: Vec<&Candidate> = candidates
+            .iter()
+            .filter(|c| {
+                c.feasible == feasible
+                    && c.costs
+                        .is_some_and(|v| v.len() == n_obj && v.iter().all(|x| x.is_finite()))
+            })
+            .collect();
+        let points: Vec<Vec<f64>> = ok
+            .iter()
+            .filter_map(|c| c.costs.map(<[f64]>::to_vec))
+            .collect();
+        chosen.extend(
+            pareto::select_best(&points, k - chosen.len())
+                .into_iter()
+                .map(|i| ok[i].trial),
+        );
+    }
+    chosen
 }
 
 /// Hands out Hyperband work and collects results; knows trials only by id.
@@ -376,6 +392,19 @@ impl Scheduler {
 
     /// Records a finished trial (`None` = failed) and promotes out of rungs it completes.
     pub fn report(&mut self, trial: u64, costs: Option<Vec<f64>>) {
+        let status = match costs {
+            Some(c) => Status::Success(c),
+            None => Status::Failed,
+        };
+        self.record(trial, status);
+    }
+
+    /// Records a finished trial that broke a measured constraint (see [`select_for_promotion`]).
+    pub fn report_infeasible(&mut self, trial: u64, costs: Vec<f64>) {
+        self.record(trial, Status::Infeasible(costs));
+    }
+
+    fn record(&mut self, trial: u64, status: Status) {
         let Some((bracket_id, rung)) = self.where_is.remove(&trial) else {
             return;
         };
@@ -386,10 +415,7 @@ impl Scheduler {
                 .iter_mut()
                 .find(|m| m.trial == trial)
             {
-                m.result = match costs {
-                    Some(c) => Status::Success(c),
-                    None => Status::Failed,
-                };
+                m.result = status;
             }
             bracket.advance(eta);
         }
@@ -496,26 +522,31 @@ mod tests {
                 trial: 1,
                 budget: 3.0,
                 costs: Some(&a),
+                feasible: true,
             },
             Candidate {
                 trial: 2,
                 budget: 9.0,
                 costs: Some(&b),
+                feasible: true,
             },
             Candidate {
                 trial: 3,
                 budget: 3.0,
                 costs: Some(&c),
+                feasible: true,
             },
             Candidate {
                 trial: 4,
                 budget: 1.0,
                 costs: None,
+                feasible: true,
             },
             Candidate {
                 trial: 5,
                 budget: 9.0,
                 costs: Some(&d),
+                feasible: true,
             },
         ];
         // Front {1, 2, 5} fits k = 3 whole.
@@ -529,6 +560,28 @@ mod tests {
         // The failed trial is never promoted, even when there is room.
         assert_eq!(select_for_promotion(&cands, 10).len(), 4);
         assert!(select_for_promotion(&cands[3..4], 1).is_empty());
+    }
+
+    #[test]
+    fn feasible_trials_are_promoted_before_infeasible_ones() {
+        // The infeasible trials 1 and 2 dominate both feasible ones; feasible 3 dominates 4.
+        let costs = [[0.1, 0.1], [0.2, 0.05], [0.5, 0.5], [0.6, 0.6]];
+        let cand = |i: usize, feasible: bool| Candidate {
+            trial: i as u64 + 1,
+            budget: 1.0,
+            costs: Some(&costs[i]),
+            feasible,
+        };
+        let cands = [cand(0, false), cand(1, false), cand(2, true), cand(3, true)];
+        assert_eq!(select_for_promotion(&cands, 1), vec![3]);
+        assert_eq!(select_for_promotion(&cands, 2), vec![3, 4]);
+        // Infeasible ones fill what is left, best first: 1 and 2 are one front, the extremes.
+        let got = select_for_promotion(&cands, 3);
+        assert_eq!(got[..2], [3, 4]);
+        assert!(got[2] == 1 || got[2] == 2);
+        assert_eq!(select_for_promotion(&cands, 4).len(), 4);
+        // Only infeasible ones: they are still promoted.
+        assert_eq!(select_for_promotion(&cands[..2], 5).len(), 2);
     }
 
     /// Runs the scheduler sequentially with cost = trial id (lower ids win) and returns (budget, kind).

@@ -20,7 +20,7 @@ use thiserror::Error;
 use crate::space::Config;
 
 pub use hyperband::{BudgetError, Budgets, Schedule};
-pub use smbo::{SettingsError, Smbo, SmboSettings, Strategy, TrialRecord};
+pub use smbo::{KnownConstraint, SettingsError, Smbo, SmboSettings, Strategy, TrialRecord};
 
 /// One evaluation to run: a configuration at a budget (e.g. epochs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,14 +46,33 @@ impl Trial {
 pub enum Outcome {
     /// One value per objective, all minimised, in the order of the evaluator's objective names.
     Success { objectives: Vec<f64> },
-    /// Crashed, timed out, diverged: the surrogate sees the crash cost (1.0 per normalised objective).
-    Failed { reason: String },
-    /// Evaluated, but a constraint judged on the result is violated: the objectives are real
-    /// measurements, yet the trial is never on the front.
+    /// Ran and was measured, but broke a constraint judged after training (e.g. accuracy too low): the
+    /// objectives are real and train the cost model, yet the trial is never on the Pareto front, never a
+    /// recombination parent, and is promoted only when too few feasible trials are left.
     Infeasible {
         objectives: Vec<f64>,
+        /// Which constraints it broke, for the log.
         violated: Vec<String>,
     },
+    /// Crashed, timed out, diverged: the surrogate sees the crash cost (1.0 per normalised objective).
+    Failed { reason: String },
+}
+
+impl Outcome {
+    /// The measured objective values: `Some` for successes and infeasible trials alike.
+    pub fn objectives(&self) -> Option<&[f64]> {
+        match self {
+            Outcome::Success { objectives } | Outcome::Infeasible { objectives, .. } => {
+                Some(objectives)
+            }
+            Outcome::Failed { .. } => None,
+        }
+    }
+
+    /// Whether this is a success that met every measured constraint.
+    pub fn is_feasible_success(&self) -> bool {
+        matches!(self, Outcome::Success { .. })
+    }
 }
 
 /// Answer of [`Smbo::ask`].

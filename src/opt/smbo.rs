@@ -21,14 +21,27 @@
 //! highest budget with any finished trial, which right after the first top-budget result means fitting a
 //! forest to a single point; requiring a handful avoids that degenerate model. In single-fidelity runs
 //! both rules are the same.
+//!
+//! Constraints come in two kinds. A *known-ahead* constraint ([`Smbo::with_known_constraint`], e.g. a
+//! parameter count or weight-memory limit) is a predicate on the configuration: no configuration it
+//! rejects is ever handed out as new, by any path (design, random, enumeration, recombination, model),
+//! except the default configuration, which opens the design as the baseline. Rejection is bounded
+//! everywhere (random proposal tries [`MAX_REJECTIONS`] draws), and a space with nothing feasible left
+//! ends intake as exhaustion does. A *measured* constraint (e.g. accuracy) is judged after training and
+//! told as [`Outcome::Infeasible`]: its objectives are real and train the cost model, a second forest
+//! on feasible/infeasible labels multiplies EI by the probability of feasibility (only once the model's
+//! trials hold both kinds), infeasible trials never reach the Pareto front or parent a recombination,
+//! and Hyperband promotes them only into slots no feasible trial can fill.
 
 use std::collections::{HashSet, VecDeque};
+use std::fmt;
+use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use thiserror::Error;
 
-use crate::space::{FeatureKind, SearchSpace};
+use crate::space::{Config, FeatureKind, SearchSpace};
 
 use super::acquisition::{Acquisition, MaximizerSettings};
 use super::design;
@@ -37,6 +50,35 @@ use super::hyperband::{BudgetError, Budgets, Scheduler, SlotKind};
 use super::parego;
 use super::pareto;
 use super::{Ask, Outcome, TellError, Trial};
+
+/// A constraint computable before training (e.g. parameter count): `true` = feasible.
+pub type KnownConstraint = Arc<dyn Fn(&Config) -> bool + Send + Sync>;
+
+/// Random draws rejected by a known-ahead constraint before random proposal gives up: cheap next to a
+/// trial, and enough to find the feasible 1% of a space with near certainty.
+pub const MAX_REJECTIONS: usize = 10_000;
+
+/// Draws that hit an already proposed configuration before random proposal lists what is left.
+const MAX_COLLISIONS: usize = 200;
+
+/// The optional known-ahead constraint; a wrapper only because closures have no `Debug`.
+#[derive(Clone, Default)]
+struct Known(Option<KnownConstraint>);
+
+impl fmt::Debug for Known {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.0 {
+            Some(_) => "Some(<known constraint>)",
+            None => "None",
+        })
+    }
+}
+
+impl Known {
+    fn allows(&self, space: &SearchSpace, v: &[f64]) -> bool {
+        self.0.as_ref().is_none_or(|f| f(&space.to_config(v)))
+    }
+}
 
 /// How new configurations are chosen once the initial design is used up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,6 +190,10 @@ pub struct Smbo {
     /// Keys of every configuration handed out as new.
     proposed: HashSet<Vec<u64>>,
     design: VecDeque<Vec<f64>>,
+    /// Seed and size the design was drawn with, to redraw it under a known-ahead constraint.
+    design_seed: u32,
+    design_size: usize,
+    known: Known,
     /// Set once no unseen configuration can be found (small discrete spaces).
     exhausted: bool,
     pending: usize,
@@ -157,13 +203,18 @@ impl Smbo {
     pub fn new(space: SearchSpace, settings: SmboSettings) -> Result<Self, SettingsError> {
         settings.validate()?;
         let mut rng = ChaCha8Rng::seed_from_u64(settings.seed);
-        let design = match settings.strategy {
-            Strategy::Random => VecDeque::new(),
+        let (design, design_seed, design_size) = match settings.strategy {
+            Strategy::Random => (VecDeque::new(), 0, 0),
             Strategy::ParEgo => {
                 let size = settings
                     .initial_design
                     .unwrap_or_else(|| design::default_size(space.len(), settings.max_trials));
-                design::initial_design(&space, size, rng.random()).into()
+                let seed = rng.random();
+                (
+                    design::initial_design(&space, size, seed).into(),
+                    seed,
+                    size,
+                )
             }
         };
         Ok(Smbo {
@@ -174,6 +225,9 @@ impl Smbo {
             records: Vec::new(),
             proposed: HashSet::new(),
             design,
+            design_seed,
+            design_size,
+            known: Known::default(),
             exhausted: false,
             pending: 0,
         })
@@ -191,6 +245,29 @@ impl Smbo {
                 ..settings
             },
         )
+    }
+
+    /// Never proposes a configuration `f` rejects as new (see the module doc), the default excepted.
+    /// Set it before the first ask: the initial design is redrawn from feasible Sobol points then.
+    pub fn with_known_constraint(mut self, f: KnownConstraint) -> Self {
+        self.known = Known(Some(f));
+        if self.records.is_empty() && self.settings.strategy == Strategy::ParEgo {
+            let (space, known) = (&self.space, &self.known);
+            self.design = design::initial_design_where(
+                space,
+                self.design_size,
+                self.design_seed,
+                &|v| known.allows(space, v),
+                16 * self.design_size + 64 + MAX_REJECTIONS,
+            )
+            .into();
+        }
+        self
+    }
+
+    /// Whether `config` meets the known-ahead constraint (always, when there is none).
+    pub fn known_feasible(&self, config: &Config) -> bool {
+        self.known.0.as_ref().is_none_or(|f| f(config))
     }
 
     pub fn space(&self) -> &SearchSpace {
@@ -258,7 +335,8 @@ impl Smbo {
         }
     }
 
-    /// Records the result of trial `id`. Non-finite objective values turn the outcome into a failure.
+    /// Records the result of trial `id`. Non-finite objective values turn the outcome (success or
+    /// infeasible) into a failure.
     pub fn tell(&mut self, id: u64, outcome: Outcome) -> Result<(), TellError> {
         let expected = self.settings.n_objectives;
         let record = self
@@ -268,35 +346,38 @@ impl Smbo {
         if record.outcome.is_some() {
             return Err(TellError::AlreadyTold(id));
         }
-        let outcome = match outcome {
-            Outcome::Success { objectives } if objectives.len() != expected => {
-                return Err(TellError::WrongObjectiveCount {
-                    id,
-                    expected,
-                    got: objectives.len(),
-                });
-            }
-            Outcome::Success { objectives } => match objectives.iter().position(|x| !x.is_finite())
-            {
-                Some(k) => Outcome::Failed {
-                    reason: format!("objective {k} is {}", objectives[k]),
-                },
-                None => Outcome::Success { objectives },
+        if let Some(objectives) = outcome.objectives()
+            && objectives.len() != expected
+        {
+            return Err(TellError::WrongObjectiveCount {
+                id,
+                expected,
+                got: objectives.len(),
+            });
+        }
+        let non_finite = outcome
+            .objectives()
+            .and_then(|o| o.iter().position(|x| !x.is_finite()).map(|k| (k, o[k])));
+        let outcome = match non_finite {
+            Some((k, x)) => Outcome::Failed {
+                reason: format!("objective {k} is {x}"),
             },
-            failed => failed,
+            None => outcome,
         };
-        let costs = match &outcome {
-            Outcome::Success { objectives } => Some(objectives.clone()),
-            Outcome::Infeasible { objectives, .. } => Some(objectives.clone()),
-            Outcome::Failed { .. } => None,
-        };
+        match &outcome {
+            Outcome::Success { objectives } => self.scheduler.report(id, Some(objectives.clone())),
+            Outcome::Infeasible { objectives, .. } => {
+                self.scheduler.report_infeasible(id, objectives.clone())
+            }
+            Outcome::Failed { .. } => self.scheduler.report(id, None),
+        }
         record.outcome = Some(outcome);
         self.pending -= 1;
-        self.scheduler.report(id, costs);
         Ok(())
     }
 
-    /// Successful trials at the highest budget that has any, not dominated by another of them.
+    /// Feasible successful trials at the highest budget that has any, not dominated by another of them.
+    /// Infeasible trials never count, however good their objectives.
     pub fn pareto_front(&self) -> Vec<&TrialRecord> {
         let successes: Vec<(&TrialRecord, &Vec<f64>)> = self
             .records
@@ -325,8 +406,13 @@ impl Smbo {
     }
 
     fn propose_new(&mut self) -> Option<Vec<f64>> {
+        let default = SearchSpace::key(&self.space.default_vector());
         while let Some(v) = self.design.pop_front() {
-            if !self.proposed.contains(&SearchSpace::key(&v)) {
+            let key = SearchSpace::key(&v);
+            // The default is the baseline: proposed even when it breaks the known constraint.
+            if !self.proposed.contains(&key)
+                && (key == default || self.known.allows(&self.space, &v))
+            {
                 return Some(v);
             }
         }
@@ -347,7 +433,8 @@ impl Smbo {
     }
 
     /// A recombination of the non-dominated configurations at the model's budget (see the module doc), or
-    /// `None` while the front has fewer than 2 of them or no unseen recombination turns up.
+    /// `None` while the front has fewer than 2 of them or no unseen feasible recombination turns up.
+    /// Only feasible successes are parents: an infeasible trial's good costs would pull towards it.
     fn propose_from_front(&mut self) -> Option<Vec<f64>> {
         let budget = self.model_budget()?;
         let (vectors, costs): (Vec<&Vec<f64>>, Vec<Vec<f64>>) = self
@@ -385,17 +472,25 @@ impl Smbo {
                 })
                 .collect();
             self.space.repair(&mut v);
-            if !self.proposed.contains(&SearchSpace::key(&v)) {
+            if !self.proposed.contains(&SearchSpace::key(&v)) && self.known.allows(&self.space, &v)
+            {
                 return Some(v);
             }
         }
         None
     }
 
+    /// Rejection sampling, bounded by [`MAX_COLLISIONS`] repeats and [`MAX_REJECTIONS`] infeasible
+    /// draws, then the unseen feasible rest of a small finite space; `None` means nothing is left.
     fn propose_random(&mut self) -> Option<Vec<f64>> {
-        for _ in 0..200 {
+        let (mut collisions, mut rejections) = (0, 0);
+        while collisions < MAX_COLLISIONS && rejections < MAX_REJECTIONS {
             let v = self.space.sample_vector(&mut self.rng);
-            if !self.proposed.contains(&SearchSpace::key(&v)) {
+            if self.proposed.contains(&SearchSpace::key(&v)) {
+                collisions += 1;
+            } else if !self.known.allows(&self.space, &v) {
+                rejections += 1;
+            } else {
                 return Some(v);
             }
         }
@@ -404,7 +499,9 @@ impl Smbo {
             .space
             .enumerate(100_000)?
             .into_iter()
-            .filter(|v| !self.proposed.contains(&SearchSpace::key(v)))
+            .filter(|v| {
+                !self.proposed.contains(&SearchSpace::key(v)) && self.known.allows(&self.space, v)
+            })
             .collect();
         if left.is_empty() {
             return None;
@@ -442,12 +539,10 @@ impl Smbo {
             .iter()
             .filter(|r| r.outcome.is_some() && r.trial.budget == budget)
             .collect();
+        // Infeasible trials' objectives are real measurements: they are costs like any success's.
         let costs: Vec<Option<&[f64]>> = rows
             .iter()
-            .map(|r| match &r.outcome {
-                Some(Outcome::Success { objectives }) => Some(objectives.as_slice()),
-                _ => None,
-            })
+            .map(|r| r.outcome.as_ref().and_then(Outcome::objectives))
             .collect();
         if costs.iter().flatten().count() < 2 {
             return None;
@@ -462,25 +557,45 @@ impl Smbo {
             .iter()
             .map(|r| self.space.features(&r.vector))
             .collect();
-        let forest = Forest::fit(
-            &x,
-            &y,
-            &self.space.feature_kinds(),
-            &self.settings.forest,
-            self.rng.random(),
-        );
-        // The incumbent is the best *predicted* cost among evaluated configurations (SMAC3).
-        let eta = x
+        let kinds = self.space.feature_kinds();
+        let forest = Forest::fit(&x, &y, &kinds, &self.settings.forest, self.rng.random());
+        // Feasibility labels (failed trials say nothing about the constraint); a classifier only when
+        // both labels occur, so runs without infeasible trials fit exactly one forest as before.
+        let (fx, fy): (Vec<Vec<f64>>, Vec<f64>) = rows
             .iter()
-            .map(|f| forest.predict(f).0)
+            .zip(&x)
+            .filter_map(|(r, f)| match &r.outcome {
+                Some(Outcome::Success { .. }) => Some((f.clone(), 1.0)),
+                Some(Outcome::Infeasible { .. }) => Some((f.clone(), 0.0)),
+                _ => None,
+            })
+            .unzip();
+        let feasibility = (fy.contains(&0.0) && fy.contains(&1.0))
+            .then(|| Forest::fit(&fx, &fy, &kinds, &self.settings.forest, self.rng.random()));
+        // The incumbent is the best *predicted* cost among evaluated configurations (SMAC3), among the
+        // feasible ones once there is a feasibility model (constrained EI improves on a feasible best).
+        let eta = rows
+            .iter()
+            .zip(&x)
+            .filter(|(r, _)| {
+                feasibility.is_none() || matches!(r.outcome, Some(Outcome::Success { .. }))
+            })
+            .map(|(_, f)| forest.predict(f).0)
             .fold(f64::INFINITY, f64::min);
         let previous: Vec<Vec<f64>> = rows.iter().map(|r| r.vector.clone()).collect();
-        let mut acquisition = Acquisition::new(&self.space, &forest, eta);
+        let (space, known) = (&self.space, &self.known);
+        let allowed = |v: &[f64]| known.allows(space, v);
+        let mut acquisition = Acquisition::new(space, &forest, eta);
+        if let Some(f) = &feasibility {
+            acquisition = acquisition.with_feasibility(f);
+        }
+        if known.0.is_some() {
+            acquisition = acquisition.with_filter(&allowed);
+        }
         let candidates = acquisition.maximize(&previous, &self.settings.maximizer, &mut self.rng);
-        candidates
-            .into_iter()
-            .map(|c| c.vector)
-            .find(|v| !self.proposed.contains(&SearchSpace::key(v)))
+        candidates.into_iter().map(|c| c.vector).find(|v| {
+            !self.proposed.contains(&SearchSpace::key(v)) && self.known.allows(&self.space, v)
+        })
     }
 }
 
