@@ -107,7 +107,9 @@ impl Run {
                 "at least one successful trial",
             ));
         }
-        if !trials.iter().any(|t| t.status == TrialStatus::Success) {
+        // A constrained run whose measured trials are all infeasible still has a report: an
+        // empty front and the bounds they broke.
+        if !trials.iter().any(TrialLine::measured) {
             let first = trials
                 .iter()
                 .find(|t| t.reason.is_some())
