@@ -350,9 +350,12 @@ impl<'a> DsnnObjective<'a> {
         let (inf_kwh, inf_kg) = (measured.pass_kwh(), measured.pass_kg());
         let (op_kwh, op_kg) = (op_rec.energy_kwh, op_rec.emissions_kg);
         let per_image = |kwh: f64| kwh * crate::energy::J_PER_KWH / images.max(1) as f64;
+        energy.push(measured);
+        energy.push(op_rec);
         let per_layer = if self.per_layer {
-            let (layer_s, other_s) =
-                profile_layers(
+            // Its own window, so the profiled pass counts in the trial's energy too.
+            let w = self.start("profile")?;
+            let (layer_s, other_s) = profile_layers(
                 &model,
                 spec.layers.len(),
                 &self.data.valid,
@@ -360,6 +363,7 @@ impl<'a> DsnnObjective<'a> {
                 256,
                 &self.device,
             )?;
+            energy.push(self.stop(w)?);
             let one = opcount::per_image_energy(&spec.layer_counts(), &self.opcount)?;
             Some(layer_rows(
                 &spec,
@@ -371,8 +375,6 @@ impl<'a> DsnnObjective<'a> {
         } else {
             None
         };
-        energy.push(measured);
-        energy.push(op_rec);
         let mut values = design_values(&spec, &self.opcount)?;
         values.insert(Quantity::InferenceJPerImage, per_image(inf_kwh));
         values.insert(Quantity::Accuracy, report.valid_accuracy);

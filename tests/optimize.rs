@@ -504,6 +504,8 @@ fn energy_model_both_optimizes_measured_and_opcount_energy_with_repeated_passes(
         "--quiet",
         "--set",
         "energy.max_passes=4",
+        "--set",
+        "energy.per_layer=true",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let info = dsnn_hpo::store::read_run_info(&dir).unwrap();
@@ -534,6 +536,13 @@ fn energy_model_both_optimizes_measured_and_opcount_energy_with_repeated_passes(
         let per_image = metrics.inference_j_per_image.unwrap();
         assert!((per_image - rep.mean_j / 100.0).abs() <= 1e-9 * rep.mean_j);
         assert!(metrics.opcount_j_per_image.unwrap() > 0.0);
+        // Asked for: the per-layer split of both views, which adds up to the whole pass.
+        let rows = t.per_layer.as_ref().expect("per-layer energy in the record");
+        assert_eq!(rows.len(), 7, "6 layers of the small CNN and `other`");
+        let measured: f64 = rows.iter().map(|r| r.measured_j_per_image).sum();
+        assert!((measured - per_image).abs() <= 1e-9 * per_image);
+        let op: f64 = rows.iter().map(|r| r.opcount_j_per_image).sum();
+        assert!((op - metrics.opcount_j_per_image.unwrap()).abs() <= 1e-9 * op);
     }
     // The report shows both views and how well they agree.
     let json = run(&["pareto", "--run", dir.to_str().unwrap(), "--format", "json"]);
