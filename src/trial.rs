@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use burn::tensor::Device;
 
 use crate::config::{EnergyModel, EnergyPhase, EnergyUnit, LossObjective, ObjectivesConfig};
-use crate::data::LoadedData;
 use crate::constraint::{Constraints, Quantity, design_values};
+use crate::data::LoadedData;
 use crate::energy::layers::{LayerRow, layer_rows};
 use crate::energy::repeat::measure_repeated;
 use crate::energy::{EnergyRecord, EnergyTracker, RepeatSettings, Window, opcount};
@@ -351,8 +351,7 @@ impl<'a> DsnnObjective<'a> {
         let (op_kwh, op_kg) = (op_rec.energy_kwh, op_rec.emissions_kg);
         let per_image = |kwh: f64| kwh * crate::energy::J_PER_KWH / images.max(1) as f64;
         let per_layer = if self.per_layer {
-            let (layer_s, other_s) =
-                profile_layers(
+            let (layer_s, other_s) = profile_layers(
                 &model,
                 spec.layers.len(),
                 &self.data.valid,

@@ -267,10 +267,17 @@ fn csv_reads_back_with_sources_and_the_default_flagged() {
             "loss",
             "loss_source",
             "inference_kwh",
+            "inference_kwh_ci95_rel",
             "inference_kwh_source",
             "on_front",
             "is_default",
-            "energy_sources"
+            "energy_sources",
+            "inference_j_per_image",
+            "inference_j_per_image_source",
+            "opcount_j_per_image",
+            "opcount_j_per_image_source",
+            "status",
+            "violated"
         ]
     );
     let rows: Vec<csv::StringRecord> = r.records().map(Result::unwrap).collect();
@@ -285,6 +292,18 @@ fn csv_reads_back_with_sources_and_the_default_flagged() {
             if is_default { "false" } else { "true" }
         );
         assert_eq!(&row[col("loss_source")], LOSS_SOURCE);
+        // An old-format run (no repeat, no per-image metrics): the new columns are empty.
+        for empty in [
+            "inference_kwh_ci95_rel",
+            "inference_j_per_image",
+            "inference_j_per_image_source",
+            "opcount_j_per_image",
+            "opcount_j_per_image_source",
+            "violated",
+        ] {
+            assert_eq!(&row[col(empty)], "", "{empty}");
+        }
+        assert_eq!(&row[col("status")], "success");
         assert_eq!(&row[col("inference_kwh_source")], INFERENCE_SOURCE);
     }
     assert_eq!(rows[0][col("loss")].parse::<f64>().unwrap(), 0.16);

@@ -86,7 +86,8 @@ impl Run {
         })?;
         let n = info.objectives.len();
         for t in &trials {
-            if t.status == TrialStatus::Success && t.objectives.len() != n {
+            // Infeasible trials too: the default's may be compared against and the plot draws them.
+            if t.measured() && t.objectives.len() != n {
                 return Err(input(
                     trials_path,
                     format!(
@@ -108,18 +109,31 @@ impl Run {
             ));
         }
         if !trials.iter().any(|t| t.status == TrialStatus::Success) {
-            let first = trials
-                .iter()
-                .find(|t| t.reason.is_some())
-                .unwrap_or(&trials[0]);
+            let why = match trials.iter().find(|t| t.status == TrialStatus::Infeasible) {
+                Some(t) => format!(
+                    "trial {} infeasible: {}",
+                    t.id,
+                    if t.violated.is_empty() {
+                        "no violation logged".to_string()
+                    } else {
+                        t.violated.join("; ")
+                    }
+                ),
+                None => {
+                    let first = trials
+                        .iter()
+                        .find(|t| t.reason.is_some())
+                        .unwrap_or(&trials[0]);
+                    format!(
+                        "trial {} failed: {}",
+                        first.id,
+                        first.reason.as_deref().unwrap_or("no reason logged")
+                    )
+                }
+            };
             return Err(input(
                 trials_path,
-                format!(
-                    "none of its {} trials succeeded (trial {} failed: {})",
-                    trials.len(),
-                    first.id,
-                    first.reason.as_deref().unwrap_or("no reason logged")
-                ),
+                format!("none of its {} trials succeeded ({why})", trials.len()),
                 "at least one successful trial",
             ));
         }
