@@ -10,6 +10,8 @@ use serde::Serialize;
 use super::baseline::fmt_budget;
 use crate::energy::{EnergyRecord, SourceKind};
 use crate::store::TrialLine;
+#[cfg(test)]
+use crate::store::TrialStatus;
 
 /// The trial's measured inference record (phase `inference`, not the op-count model's).
 pub fn measured_inference(t: &TrialLine) -> Option<&EnergyRecord> {
@@ -230,6 +232,53 @@ mod tests {
         assert_eq!(kendall_tau_b(&[1.0, 1.0, 1.0], &[1.0, 2.0, 3.0]), None);
         assert_eq!(kendall_tau_b(&[1.0], &[1.0]), None);
         assert_eq!(kendall_tau_b(&[], &[]), None);
+    }
+
+    fn trial(id: u64, budget: f64, status: TrialStatus, xy: Option<(f64, f64)>) -> TrialLine {
+        let mut t = TrialLine::success(id, crate::space::Config::new(), budget, vec![0.1, 1.0]);
+        t.status = status;
+        t.metrics = xy.map(|(x, y)| crate::store::Metrics {
+            inference_j_per_image: Some(x),
+            opcount_j_per_image: Some(y),
+            ..Default::default()
+        });
+        t
+    }
+
+    #[test]
+    fn rank_agreement_takes_the_highest_budget_with_two_measured_trials() {
+        use TrialStatus::*;
+        let lines = vec![
+            trial(0, 1.0, Success, Some((1.0, 1.0))),
+            trial(1, 1.0, Success, Some((2.0, 2.0))),
+            trial(2, 1.0, Infeasible, Some((3.0, 3.0))),
+            // Budget 9: one trial only, and a failed one that does not count.
+            trial(3, 9.0, Success, Some((1.0, 5.0))),
+            trial(4, 9.0, Failed, Some((2.0, 1.0))),
+            trial(5, 1.0, Success, None),
+        ];
+        let r = RankAgreement::of(&lines);
+        assert_eq!((r.tau_b, r.trials, r.budget), (Some(1.0), 3, Some(1.0)));
+        assert_eq!(
+            r.note,
+            "rank agreement of measured vs op-count inference energy: Kendall tau-b = 1.00 over 3 trials at budget 1"
+        );
+        // Two trials: computed, with the caveat.
+        let r = RankAgreement::of(&lines[..2]);
+        assert_eq!(r.tau_b, Some(1.0));
+        assert!(r.note.contains("only 2 trials"), "{}", r.note);
+        // One trial per budget: no pair anywhere.
+        let r = RankAgreement::of(&[lines[0].clone(), lines[3].clone()]);
+        assert_eq!(r.tau_b, None);
+        assert!(r.note.contains("no budget has two trials"), "{}", r.note);
+        // No metrics: command objectives or an older run.
+        let r = RankAgreement::of(&lines[5..]);
+        assert_eq!((r.tau_b, r.trials), (None, 0));
+        assert!(
+            r.note.contains("not computed: no measured trial"),
+            "{}",
+            r.note
+        );
     }
 
     #[test]

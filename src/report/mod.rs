@@ -395,6 +395,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn violations_count_once_per_trial_and_constraint_named_before_got() {
+        let mut config = Config::new();
+        config.insert("lr", 0.1);
+        let mut t = TrialLine::success(0, config, 1.0, vec![0.1, 1.0]);
+        t.status = TrialStatus::Infeasible;
+        t.violated = vec![
+            "weight_memory_bits > max 0.5 x default (500) (got 501)".into(),
+            "accuracy < min 0.8 (got 0.79)".into(),
+        ];
+        let mut u = t.clone();
+        u.violated = vec!["accuracy < min 0.8 (got 0.5)".into()];
+        let mut ok = t.clone();
+        ok.status = TrialStatus::Success;
+        let c = violation_counts(&[t, u, ok]);
+        let got: Vec<(&str, usize)> = c
+            .iter()
+            .map(|c| (c.constraint.as_str(), c.trials))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("accuracy < min 0.8", 2),
+                ("weight_memory_bits > max 0.5 x default (500)", 1)
+            ]
+        );
+        assert_eq!(constraint_name("no got here"), "no got here");
+    }
+
+    #[test]
     fn numbers_print_short_and_readable() {
         assert_eq!(fmt_value(0.2), "0.2000");
         assert_eq!(fmt_value(2.5e-6), "2.500e-6");
