@@ -20,15 +20,15 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::config::RunConfig;
+use crate::constraint::{Constraints, Quantity, Values, design_values};
 use crate::data::LoadedData;
 use crate::device::DeviceChoice;
+use crate::energy::repeat::measure_repeated;
 use crate::energy::{CsvSink, EnergyTracker};
 use crate::error::Error;
 use crate::eval::Evaluator;
 use crate::eval::command::CommandObjective;
 use crate::eval::problems::{Problem, ProblemEvaluator};
-use crate::constraint::{Constraints, Quantity, Values, design_values};
-use crate::energy::repeat::measure_repeated;
 use crate::opt::{Ask, Budgets, KnownConstraint, Outcome, Smbo, SmboSettings, Strategy, Trial};
 use crate::progress::EpochBar;
 use crate::report::export::write_front;

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::constraint::ConstraintSpec;
 use crate::data::DataConfig;
 use crate::energy::EnergyConfig;
 use crate::opt::Schedule as FidelitySchedule;
-use crate::constraint::ConstraintSpec;
 use crate::space::ParamSpec;
 #[cfg(feature = "dsnn")]
 use crate::train::TrainConfig;

@@ -105,7 +105,9 @@ impl ConstraintSpec {
         if let (Some(lo), Some(hi)) = (self.min, self.max)
             && lo > hi
         {
-            return Err(format!("{at}: min = {lo} > max = {hi}: no design can meet it"));
+            return Err(format!(
+                "{at}: min = {lo} > max = {hi}: no design can meet it"
+            ));
         }
         if self.quantity == Quantity::Accuracy {
             if self.relative {
@@ -115,9 +117,7 @@ impl ConstraintSpec {
             }
             for (key, v) in [("min", self.min), ("max", self.max)] {
                 if let Some(v) = v.filter(|v| *v > 1.0) {
-                    return Err(format!(
-                        "{at}: {key} = {v}: expected an accuracy in [0, 1]"
-                    ));
+                    return Err(format!("{at}: {key} = {v}: expected an accuracy in [0, 1]"));
                 }
             }
         }
@@ -136,7 +136,7 @@ impl ConstraintSpec {
                 fmt_num(b)
             }
         };
-        if let Some(lo) = self.min.filter(|lo| !(value >= lo * scale)) {
+        if let Some(lo) = self.min.filter(|lo| value.is_nan() || value < lo * scale) {
             return Some(format!(
                 "{} < min {} (got {})",
                 self.quantity,
@@ -144,7 +144,7 @@ impl ConstraintSpec {
                 fmt_num(value)
             ));
         }
-        if let Some(hi) = self.max.filter(|hi| !(value <= hi * scale)) {
+        if let Some(hi) = self.max.filter(|hi| value.is_nan() || value > hi * scale) {
             return Some(format!(
                 "{} > max {} (got {})",
                 self.quantity,
@@ -274,7 +274,10 @@ mod tests {
         assert!(c.violations(&v(500.0, 0.8)).is_empty());
         let e = c.violations(&v(501.0, 0.9));
         assert_eq!(e.len(), 1);
-        assert_eq!(e[0], "weight_memory_bits > max 0.5 x default (500) (got 501)");
+        assert_eq!(
+            e[0],
+            "weight_memory_bits > max 0.5 x default (500) (got 501)"
+        );
         let e = c.violations(&v(400.0, 0.79));
         assert_eq!(e, vec!["accuracy < min 0.8 (got 0.79)".to_string()]);
         // Known-ahead only: the accuracy is not judged.
@@ -287,24 +290,46 @@ mod tests {
     #[test]
     fn relative_without_a_reference_is_not_judged() {
         let c = Constraints::new(vec![spec(Quantity::Params, None, Some(0.5), true)]);
-        assert!(c.violations(&[(Quantity::Params, 1e9)].into_iter().collect()).is_empty());
+        assert!(
+            c.violations(&[(Quantity::Params, 1e9)].into_iter().collect())
+                .is_empty()
+        );
     }
 
     #[test]
     fn bad_entries_name_the_key() {
         let cases = [
-            (spec(Quantity::Params, None, None, false), "neither min nor max"),
+            (
+                spec(Quantity::Params, None, None, false),
+                "neither min nor max",
+            ),
             (spec(Quantity::Params, Some(-1.0), None, false), "min = -1"),
-            (spec(Quantity::Params, None, Some(f64::NAN), false), "max = NaN"),
-            (spec(Quantity::Params, Some(2.0), Some(1.0), false), "min = 2 > max = 1"),
-            (spec(Quantity::Accuracy, Some(0.5), None, true), "relative = true"),
-            (spec(Quantity::Accuracy, Some(80.0), None, false), "min = 80"),
+            (
+                spec(Quantity::Params, None, Some(f64::NAN), false),
+                "max = NaN",
+            ),
+            (
+                spec(Quantity::Params, Some(2.0), Some(1.0), false),
+                "min = 2 > max = 1",
+            ),
+            (
+                spec(Quantity::Accuracy, Some(0.5), None, true),
+                "relative = true",
+            ),
+            (
+                spec(Quantity::Accuracy, Some(80.0), None, false),
+                "min = 80",
+            ),
         ];
         for (s, want) in cases {
             let e = s.validate(2).unwrap_err();
             assert!(e.contains("#3") && e.contains(want), "{e}");
         }
-        assert!(spec(Quantity::Accuracy, Some(0.8), None, false).validate(0).is_ok());
+        assert!(
+            spec(Quantity::Accuracy, Some(0.8), None, false)
+                .validate(0)
+                .is_ok()
+        );
     }
 
     #[test]
@@ -322,6 +347,9 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(e.contains("flops") && e.contains("weight_memory_bits"), "{e}");
+        assert!(
+            e.contains("flops") && e.contains("weight_memory_bits"),
+            "{e}"
+        );
     }
 }

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use burn::tensor::Device;
 
 use crate::config::{EnergyModel, EnergyPhase, EnergyUnit, LossObjective, ObjectivesConfig};
-use crate::data::LoadedData;
 use crate::constraint::{Constraints, Quantity, design_values};
+use crate::data::LoadedData;
 use crate::energy::layers::{LayerRow, layer_rows};
 use crate::energy::repeat::measure_repeated;
 use crate::energy::{EnergyRecord, EnergyTracker, RepeatSettings, Window, opcount};

@@ -520,7 +520,12 @@ fn energy_model_both_optimizes_measured_and_opcount_energy_with_repeated_passes(
     for t in &trials {
         assert_eq!(t.objectives.len(), 3);
         let inference: Vec<_> = t.energy.iter().filter(|r| r.phase == "inference").collect();
-        assert_eq!(inference.len(), 2, "trial {}: a measured and an op-count record", t.id);
+        assert_eq!(
+            inference.len(),
+            2,
+            "trial {}: a measured and an op-count record",
+            t.id
+        );
         let m = inference.iter().find(|r| r.repeat.is_some()).unwrap();
         let op = inference
             .iter()
@@ -537,7 +542,10 @@ fn energy_model_both_optimizes_measured_and_opcount_energy_with_repeated_passes(
         assert!((per_image - rep.mean_j / 100.0).abs() <= 1e-9 * rep.mean_j);
         assert!(metrics.opcount_j_per_image.unwrap() > 0.0);
         // Asked for: the per-layer split of both views, which adds up to the whole pass.
-        let rows = t.per_layer.as_ref().expect("per-layer energy in the record");
+        let rows = t
+            .per_layer
+            .as_ref()
+            .expect("per-layer energy in the record");
         assert_eq!(rows.len(), 7, "6 layers of the small CNN and `other`");
         let measured: f64 = rows.iter().map(|r| r.measured_j_per_image).sum();
         assert!((measured - per_image).abs() <= 1e-9 * per_image);
@@ -571,12 +579,15 @@ fn a_constrained_search_proposes_no_known_violation_and_logs_infeasible_trials()
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let info = dsnn_hpo::store::read_run_info(&dir).unwrap();
-    let reference = info.constraint_reference
-        [&dsnn_hpo::constraint::Quantity::WeightMemoryBits];
+    let reference = info.constraint_reference[&dsnn_hpo::constraint::Quantity::WeightMemoryBits];
     let all = read_trials(&dir).unwrap();
     let (default, others): (Vec<_>, Vec<_>) = all
         .iter()
-        .filter(|t| t.metrics.as_ref().is_some_and(|m| m.weight_memory_bits.is_some()))
+        .filter(|t| {
+            t.metrics
+                .as_ref()
+                .is_some_and(|m| m.weight_memory_bits.is_some())
+        })
         .partition(|t| t.config == info.default_config);
     // The default is still evaluated (as the baseline) though it violates the memory bound,
     // and its trials are infeasible, naming the bound.
@@ -584,7 +595,9 @@ fn a_constrained_search_proposes_no_known_violation_and_logs_infeasible_trials()
     for t in &default {
         assert_eq!(t.status, TrialStatus::Infeasible);
         assert!(
-            t.violated.iter().any(|v| v.starts_with("weight_memory_bits > max 0.5 x default")),
+            t.violated
+                .iter()
+                .any(|v| v.starts_with("weight_memory_bits > max 0.5 x default")),
             "{:?}",
             t.violated
         );
@@ -596,21 +609,36 @@ fn a_constrained_search_proposes_no_known_violation_and_logs_infeasible_trials()
         assert!(bits <= 0.5 * reference, "trial {} has {bits} bits", t.id);
         let acc = t.metrics.as_ref().unwrap().valid_accuracy;
         // Measured constraints decide feasibility, and nothing else does.
-        assert_eq!(t.status == TrialStatus::Infeasible, acc < 0.6, "trial {}", t.id);
+        assert_eq!(
+            t.status == TrialStatus::Infeasible,
+            acc < 0.6,
+            "trial {}",
+            t.id
+        );
         if acc < 0.6 {
-            assert!(t.violated.iter().any(|v| v.starts_with("accuracy < min 0.6")));
+            assert!(
+                t.violated
+                    .iter()
+                    .any(|v| v.starts_with("accuracy < min 0.6"))
+            );
         }
     }
     // Infeasible trials are never on the front.
     let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
     for id in summary["front"].as_array().unwrap() {
         let t = all.iter().find(|t| t.id == id.as_u64().unwrap()).unwrap();
-        assert_eq!(t.status, TrialStatus::Success, "trial {} on the front", t.id);
+        assert_eq!(
+            t.status,
+            TrialStatus::Success,
+            "trial {} on the front",
+            t.id
+        );
     }
     assert_eq!(
         summary["infeasible"].as_u64().unwrap() as usize,
-        all.iter().filter(|t| t.status == TrialStatus::Infeasible).count()
+        all.iter()
+            .filter(|t| t.status == TrialStatus::Infeasible)
+            .count()
     );
 }

@@ -4,9 +4,9 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use dsnn_hpo::energy::{ComponentEnergy, EnergyRecord, SourceKind};
+use dsnn_hpo::energy::{ComponentEnergy, EnergyRecord, RepeatStats, SourceKind};
 use dsnn_hpo::space::{Config, Value};
-use dsnn_hpo::store::{RunInfo, TrialLine, TrialLog, TrialStatus, write_run_info};
+use dsnn_hpo::store::{Metrics, RunInfo, TrialLine, TrialLog, TrialStatus, write_run_info};
 
 const LOSS_SOURCE: &str = "1 - validation top-1 accuracy";
 const INFERENCE_SOURCE: &str = "one inference pass over the validation split, measured by the energy meter (source per component in each record)";
@@ -222,6 +222,22 @@ fn table_is_sorted_by_loss_marks_the_default_and_states_the_improvements() {
         "{}",
         lines[header + 3]
     );
+    // A run from before per-image metrics and repeated measurement: both per-image columns
+    // are "-", no ± anywhere, and the rank agreement says why it is missing.
+    let cells: Vec<&str> = lines[header + 1].split_whitespace().collect();
+    assert_eq!(
+        cells[7..],
+        ["-", "-", "rapl+estimate"],
+        "{}",
+        lines[header + 1]
+    );
+    assert!(!text.contains('±'), "{text}");
+    assert!(!text.contains("infeasible"), "{text}");
+    assert!(
+        text.contains("rank agreement of measured vs op-count inference energy: not computed: no measured trial records both"),
+        "{text}"
+    );
+    assert!(text.contains("[m] measured inference energy per image, joules: mean of repeated validation passes; meters: not recorded"), "{text}");
     assert!(text.contains(&format!("[1] loss: {LOSS_SOURCE}")), "{text}");
     assert!(
         text.contains(&format!("[2] inference_kwh: {INFERENCE_SOURCE}")),
@@ -267,10 +283,17 @@ fn csv_reads_back_with_sources_and_the_default_flagged() {
             "loss",
             "loss_source",
             "inference_kwh",
+            "inference_kwh_ci95_rel",
             "inference_kwh_source",
             "on_front",
             "is_default",
-            "energy_sources"
+            "energy_sources",
+            "inference_j_per_image",
+            "inference_j_per_image_source",
+            "opcount_j_per_image",
+            "opcount_j_per_image_source",
+            "status",
+            "violated"
         ]
     );
     let rows: Vec<csv::StringRecord> = r.records().map(Result::unwrap).collect();
@@ -285,6 +308,18 @@ fn csv_reads_back_with_sources_and_the_default_flagged() {
             if is_default { "false" } else { "true" }
         );
         assert_eq!(&row[col("loss_source")], LOSS_SOURCE);
+        // An old-format run (no repeat, no per-image metrics): the new columns are empty.
+        for empty in [
+            "inference_kwh_ci95_rel",
+            "inference_j_per_image",
+            "inference_j_per_image_source",
+            "opcount_j_per_image",
+            "opcount_j_per_image_source",
+            "violated",
+        ] {
+            assert_eq!(&row[col(empty)], "", "{empty}");
+        }
+        assert_eq!(&row[col("status")], "success");
         assert_eq!(&row[col("inference_kwh_source")], INFERENCE_SOURCE);
     }
     assert_eq!(rows[0][col("loss")].parse::<f64>().unwrap(), 0.16);
@@ -345,6 +380,10 @@ fn json_holds_rows_default_comparison_and_sources() {
     );
     assert_eq!(v["trials"], 10);
     assert_eq!(v["failed"], 1);
+    assert_eq!(v["infeasible"], 0);
+    assert_eq!(v["rows"][0]["ci95_rel"], serde_json::json!([null, null]));
+    assert!(v["rows"][0]["inference_j_per_image"].is_null());
+    assert!(v["rank_agreement"]["tau_b"].is_null());
 }
 
 fn circles(svg: &str, radius: u32) -> usize {
@@ -584,4 +623,363 @@ fn objective_counts_that_disagree_with_run_json_are_an_error() {
         e.contains("trial 0 has 3 objective values but run.json names 2"),
         "{e}"
     );
+}
+
+const MEASURED_SOURCE: &str = "one inference pass over the validation split, measured by the energy meter, mean of repeated passes with its 95% CI (source per component in each record)";
+const OPCOUNT_SOURCE: &str =
+    "one inference pass over the validation split, op-count model (source opcount)";
+const OPCOUNT_MODEL: &str = "op-count model (Horowitz ISSCC 2014, 45 nm)";
+/// Validation images per pass in [`dsnn`] trials.
+const IMAGES: f64 = 1000.0;
+const ACCURACY: &str = "accuracy < min 0.8";
+const MEMORY: &str = "weight_memory_bits > max 0.5 x default (5000)";
+
+/// A DSNN trial as `optimize` now writes it with `energy_model = "both"`: the training record,
+/// the measured inference record (repeated passes, relative CI `rel`, meters `estimate`), the
+/// op-count record, metrics with both per-image energies, and objectives loss, measured and
+/// op-count inference kWh per validation pass (`meas` and `op` in joules per image).
+fn dsnn(
+    id: u64,
+    config: &Config,
+    budget: f64,
+    loss: f64,
+    meas: f64,
+    op: f64,
+    rel: f64,
+) -> TrialLine {
+    let pass_j = meas * IMAGES;
+    let mut measured = EnergyRecord {
+        cpu: ComponentEnergy::new(SourceKind::Estimate, pass_j * 5.0, 5.0),
+        gpu: ComponentEnergy::new(SourceKind::None, 0.0, 5.0),
+        ram: ComponentEnergy::new(SourceKind::Estimate, 0.0, 5.0),
+        energy_j: pass_j * 5.0,
+        energy_kwh: pass_j * 5.0 / 3.6e6,
+        ..record("inference", SourceKind::None)
+    };
+    measured.repeat = Some(RepeatStats {
+        passes: 5,
+        warmup_passes: 1,
+        mean_j: pass_j,
+        sd_j: pass_j * rel / 1.24,
+        ci95_half_j: pass_j * rel,
+        rel_ci95: rel,
+        min_j: pass_j * 0.98,
+        max_j: pass_j * 1.02,
+        target_rel_ci: 0.05,
+        target_met: true,
+    });
+    let op_j = op * IMAGES;
+    let opcount = EnergyRecord {
+        duration_s: 0.0,
+        cpu: ComponentEnergy::new(SourceKind::Opcount, op_j, 0.0),
+        gpu: ComponentEnergy::new(SourceKind::None, 0.0, 0.0),
+        ram: ComponentEnergy::new(SourceKind::Opcount, 0.0, 0.0),
+        energy_j: op_j,
+        energy_kwh: op_j / 3.6e6,
+        cpu_model: OPCOUNT_MODEL.into(),
+        ..record("inference", SourceKind::None)
+    };
+    TrialLine {
+        metrics: Some(Metrics {
+            valid_accuracy: 1.0 - loss,
+            epochs_trained: budget as usize,
+            inference_j_per_image: Some(meas),
+            opcount_j_per_image: Some(op),
+            params: Some(1000),
+            weight_memory_bits: Some(4000),
+            ..Metrics::default()
+        }),
+        energy: vec![record("train", SourceKind::None), measured, opcount],
+        ..TrialLine::success(
+            id,
+            config.clone(),
+            budget,
+            vec![loss, pass_j / 3.6e6, op_j / 3.6e6],
+        )
+    }
+}
+
+fn infeasible(mut t: TrialLine, violated: &[&str]) -> TrialLine {
+    t.status = TrialStatus::Infeasible;
+    t.violated = violated.iter().map(|v| v.to_string()).collect();
+    t
+}
+
+/// `energy_model = "both"` with `[[constraints]]`: budget 3 holds successes 1 and 2, and
+/// infeasible trials 3, 4 (the default), 5 and 6. Trial 3 (loss 0.05, least energy of all)
+/// and 5 (0.15) would dominate the front; infeasible, they must not be on it. Front: 1 and 2;
+/// the default 4 is reported beside them, marked infeasible. Violations: memory 3 trials
+/// (3, 5, 6), accuracy 2 (4, 6). Trial 0 (budget 1) and the failed 7 are not in the rank
+/// agreement.
+fn constrained_run(dir: &Path) {
+    let a = config("sgd", 0.1, 5);
+    let b = config("adam", 0.01, 3);
+    let c = config("sgd", 0.05, 4);
+    let d = config("adamw", 0.2, 8);
+    let e = config("sgd", 0.3, 8);
+    let f = config("adam", 0.3, 8);
+    let g = config("rmsprop", 0.2, 2);
+    let lines = vec![
+        dsnn(0, &b, 1.0, 0.50, 9e-6, 1e-6, 0.04),
+        dsnn(1, &b, 3.0, 0.20, 4e-6, 2e-6, 0.013),
+        dsnn(2, &c, 3.0, 0.30, 2e-6, 1e-6, 0.02),
+        infeasible(
+            dsnn(3, &d, 3.0, 0.05, 1e-6, 0.5e-6, 0.01),
+            &[&format!("{MEMORY} (got 8000)")],
+        ),
+        infeasible(
+            dsnn(4, &a, 3.0, 0.22, 5e-6, 2e-6, 0.05),
+            &[&format!("{ACCURACY} (got 0.78)")],
+        ),
+        infeasible(
+            dsnn(5, &e, 3.0, 0.15, 1.5e-6, 3e-6, 0.03),
+            &[&format!("{MEMORY} (got 8000)")],
+        ),
+        infeasible(
+            dsnn(6, &f, 3.0, 0.25, 6e-6, 4e-6, 0.03),
+            &[
+                &format!("{ACCURACY} (got 0.75)"),
+                &format!("{MEMORY} (got 8000)"),
+            ],
+        ),
+        failed(7, &g, 3.0, "out of memory"),
+    ];
+    write_run(
+        dir,
+        &[
+            ("loss", LOSS_SOURCE),
+            ("inference_kwh", MEASURED_SOURCE),
+            ("opcount_inference_kwh", OPCOUNT_SOURCE),
+        ],
+        &a,
+        &lines,
+    );
+}
+
+/// Kendall tau-b at budget 3 over trials 1-6 (successful and infeasible), measured x against
+/// op-count y (microjoules per image). Sorted by x: (1, 0.5) (1.5, 3) (2, 1) (4, 2) (5, 2)
+/// (6, 4); no ties in x, y = 0.5 3 1 2 2 4. Of the 15 pairs: 0.5 is below all five later
+/// values (5 concordant); 3 is above 1, 2, 2 (3 discordant) and below 4 (1 concordant); 1 is
+/// below 2, 2, 4 (3 concordant); 2 ties 2 (one tie in y) and is below 4; 2 is below 4
+/// (2 concordant). C = 11, D = 3, ties in y n2 = 1, in x n1 = 0:
+/// tau-b = (11 - 3) / sqrt((15 - 0) x (15 - 1)) = 8 / sqrt(210) = 0.55205.
+const EXPECTED_TAU: f64 = 0.552_052_447_473_883_7;
+
+#[test]
+fn constrained_run_keeps_infeasible_trials_off_the_front_and_counts_them() {
+    assert!((EXPECTED_TAU - 8.0 / 210f64.sqrt()).abs() < 1e-12);
+    let dir = tempfile::tempdir().unwrap();
+    constrained_run(dir.path());
+    let text = stdout_of(&pareto(&["--run", path_str(dir.path())]));
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        // Configurations count successful ones only (B and C).
+        text.contains("2 of 2 configurations (8 trials, 1 failed, 4 infeasible)"),
+        "{text}"
+    );
+    let header = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with("id"))
+        .unwrap();
+    for column in [
+        "loss [1]",
+        "inference_kwh [2]",
+        "opcount_inference_kwh [3]",
+        "measured J/img [m]",
+        "opcount J/img [o]",
+    ] {
+        assert!(
+            lines[header].contains(column),
+            "{column}: {}",
+            lines[header]
+        );
+    }
+    let rows: Vec<&str> = lines[header + 1..]
+        .iter()
+        .copied()
+        .take_while(|l| !l.trim().is_empty())
+        .collect();
+    let ids: Vec<&str> = rows
+        .iter()
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    // 3 and 5 would dominate 1 and 2 but are infeasible; 4 is the (infeasible) default.
+    assert_eq!(ids, ["1", "4", "2"], "{text}");
+    // Trial 1: 4 µJ x 1000 images = 4 mJ = 1.111e-9 kWh, CI 1.3%; the op-count objective has
+    // no interval; both per-image views follow.
+    let cells: Vec<&str> = rows[0].split_whitespace().collect();
+    assert!(
+        cells
+            .windows(5)
+            .any(|w| w == ["1.111e-9", "±1.3%", "5.556e-10", "4.000e-6", "2.000e-6"]),
+        "{}",
+        rows[0]
+    );
+    assert!(rows[2].contains("±2.0%"), "{}", rows[2]);
+    assert!(
+        rows[1].ends_with(&format!("<- default (infeasible: {ACCURACY} (got 0.78))")),
+        "{}",
+        rows[1]
+    );
+    assert!(
+        text.contains(
+            "[m] measured inference energy per image, joules: mean of repeated validation passes; meters: estimate"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "[o] op-count inference energy per image, joules: opcount, {OPCOUNT_MODEL}"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("±: half-width of the 95% confidence interval"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "rank agreement of measured vs op-count inference energy: Kendall tau-b = 0.55 over 6 trials at budget 3."
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "infeasible (never on the front): 4 trials: {MEMORY}: 3; {ACCURACY}: 2"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "Default DSNN: trial 4 at budget 3 (loss 0.2200, inference_kwh 1.389e-9, opcount_inference_kwh 5.556e-10), infeasible ({ACCURACY} (got 0.78)), not on the front."
+        )),
+        "{text}"
+    );
+    // The infeasible default is still compared against: 0.20 vs 0.22, 2 vs 5, 1 vs 2 µJ.
+    assert!(
+        text.contains("Best improvements: 9.1% lower loss, 60.0% less energy (inference_kwh), 50.0% less energy (opcount_inference_kwh) than the default DSNN."),
+        "{text}"
+    );
+
+    let json = stdout_of(&pareto(&[
+        "--run",
+        path_str(dir.path()),
+        "--format",
+        "json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["infeasible"], 4);
+    assert_eq!(v["violations"][0]["constraint"], MEMORY);
+    assert_eq!(v["violations"][0]["trials"], 3);
+    assert_eq!(v["violations"][1]["constraint"], ACCURACY);
+    assert_eq!(v["violations"][1]["trials"], 2);
+    let on_front: Vec<u64> = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["on_front"] == true)
+        .map(|r| r["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(on_front, [1, 2]);
+    assert_eq!(
+        v["rows"][0]["ci95_rel"],
+        serde_json::json!([null, 0.013, null])
+    );
+    assert_eq!(v["rows"][0]["inference_j_per_image"], 4e-6);
+    assert_eq!(v["rows"][0]["opcount_j_per_image"], 2e-6);
+    assert_eq!(v["rows"][0]["inference_j_per_image_source"], "estimate");
+    assert_eq!(v["rows"][0]["opcount_j_per_image_source"], "opcount");
+    assert_eq!(v["rows"][1]["status"], "infeasible");
+    assert_eq!(
+        v["rows"][1]["violated"][0],
+        format!("{ACCURACY} (got 0.78)")
+    );
+    assert_eq!(v["default"]["trial"], 4);
+    assert_eq!(
+        v["default"]["violated"][0],
+        format!("{ACCURACY} (got 0.78)")
+    );
+    assert_eq!(v["objectives"][1]["measured_inference"], true);
+    assert_eq!(v["objectives"][2]["measured_inference"], false);
+    let ra = &v["rank_agreement"];
+    assert!(
+        (ra["tau_b"].as_f64().unwrap() - EXPECTED_TAU).abs() < 1e-9,
+        "{ra}"
+    );
+    assert_eq!(ra["trials"], 6);
+    assert_eq!(ra["budget"], 3.0);
+
+    let csv_text = stdout_of(&pareto(&["--run", path_str(dir.path()), "--format", "csv"]));
+    let mut r = csv::Reader::from_reader(csv_text.as_bytes());
+    let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    assert!(!header.iter().any(|h| h == "opcount_inference_kwh_ci95_rel"));
+    let rows: Vec<csv::StringRecord> = r.records().map(Result::unwrap).collect();
+    assert_eq!(&rows[0][col("inference_kwh_ci95_rel")], "0.013");
+    assert_eq!(
+        rows[0][col("opcount_j_per_image")].parse::<f64>().unwrap(),
+        2e-6
+    );
+    assert_eq!(&rows[0][col("inference_j_per_image_source")], "estimate");
+    assert_eq!(&rows[1][col("status")], "infeasible");
+    assert_eq!(&rows[1][col("violated")], format!("{ACCURACY} (got 0.78)"));
+}
+
+#[test]
+fn infeasible_trials_are_grey_crosses_in_the_plot_not_front_rings() {
+    let dir = tempfile::tempdir().unwrap();
+    constrained_run(dir.path());
+    let plot = dir.path().join("front.svg");
+    stdout_of(&pareto(&[
+        "--run",
+        path_str(dir.path()),
+        "--plot",
+        path_str(&plot),
+    ]));
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    // Two panels (two energy objectives against loss): successes 0, 1, 2 as circles, the two
+    // front points as rings.
+    assert_eq!(circles(&svg, dsnn_hpo::report::svg::TRIAL_RADIUS), 2 * 3);
+    assert_eq!(circles(&svg, dsnn_hpo::report::svg::FRONT_RADIUS), 2 * 2);
+    assert!(
+        svg.contains("infeasible trials (constraint violated)"),
+        "legend"
+    );
+    assert!(svg.contains("infeasible (grey crosses): 4"), "footer");
+}
+
+#[test]
+fn rank_agreement_is_omitted_with_a_reason_when_undefined() {
+    // One value side constant: tau-b divides 0 by 0; the report says so, JSON holds null.
+    let dir = tempfile::tempdir().unwrap();
+    let lines = vec![
+        dsnn(0, &config("sgd", 0.1, 5), 3.0, 0.2, 1e-6, 2e-6, 0.01),
+        dsnn(1, &config("adam", 0.1, 5), 3.0, 0.3, 2e-6, 2e-6, 0.01),
+        dsnn(2, &config("sgd", 0.2, 5), 3.0, 0.4, 3e-6, 2e-6, 0.01),
+    ];
+    write_run(
+        dir.path(),
+        &[
+            ("loss", LOSS_SOURCE),
+            ("inference_kwh", MEASURED_SOURCE),
+            ("opcount_inference_kwh", OPCOUNT_SOURCE),
+        ],
+        &config("sgd", 0.1, 5),
+        &lines,
+    );
+    let text = stdout_of(&pareto(&["--run", path_str(dir.path())]));
+    assert!(
+        text.contains("rank agreement of measured vs op-count inference energy: not computed: tau-b is undefined over the 3 trials at budget 3"),
+        "{text}"
+    );
+    let json = stdout_of(&pareto(&[
+        "--run",
+        path_str(dir.path()),
+        "--format",
+        "json",
+    ]));
+    assert!(!json.contains("NaN"), "{json}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(v["rank_agreement"]["tau_b"].is_null());
+    assert_eq!(v["rank_agreement"]["trials"], 3);
 }

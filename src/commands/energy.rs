@@ -112,12 +112,9 @@ fn measure_inference(
         None => Network::init(&spec, &device),
         Some(dir) => {
             let ad = device.clone().autodiff();
-            let (m, _) = crate::train::checkpoint::load_model(
-                dir,
-                &cfg.train,
-                Network::init(&spec, &ad),
-            )
-            .map_err(crate::train::TrainError::from)?;
+            let (m, _) =
+                crate::train::checkpoint::load_model(dir, &cfg.train, Network::init(&spec, &ad))
+                    .map_err(crate::train::TrainError::from)?;
             burn::module::Module::valid(&m)
         }
     };
@@ -185,10 +182,8 @@ fn measure_inference(
         rep.map_or(1, |r| r.passes),
         rep.map_or(0, |r| r.warmup_passes),
         match rep {
-            Some(r) if !r.target_met => format!(
-                "; target ±{:.1}% not reached",
-                r.target_rel_ci * 100.0
-            ),
+            Some(r) if !r.target_met =>
+                format!("; target ±{:.1}% not reached", r.target_rel_ci * 100.0),
             _ => String::new(),
         },
         report.measured_per_image_j,

@@ -120,13 +120,16 @@ impl EnergyConfig {
                 expected: "expected a power >= 0 W per GiB (default 0.375 = 3 W per 8 GiB)".into(),
             });
         }
-        if !(self.target_rel_ci.is_finite() && self.target_rel_ci > 0.0 && self.target_rel_ci <= 1.0)
+        if !(self.target_rel_ci.is_finite()
+            && self.target_rel_ci > 0.0
+            && self.target_rel_ci <= 1.0)
         {
             return Err(EnergyError::Invalid {
                 field: "target_rel_ci".into(),
                 value: self.target_rel_ci.to_string(),
-                expected: "expected a share of the mean in (0, 1], e.g. 0.02 for a 95% interval within 2%"
-                    .into(),
+                expected:
+                    "expected a share of the mean in (0, 1], e.g. 0.02 for a 95% interval within 2%"
+                        .into(),
             });
         }
         if self.max_passes == 0 {
@@ -202,9 +205,12 @@ mod tests {
                 .to_string();
             assert!(e.contains(key) && e.contains("expected"), "{text}: {e}");
         }
-        let c = EnergyConfig::from_toml_str("target_rel_ci = 1.0
-max_passes = 3", Path::new("e"))
-            .unwrap();
+        let c = EnergyConfig::from_toml_str(
+            "target_rel_ci = 1.0
+max_passes = 3",
+            Path::new("e"),
+        )
+        .unwrap();
         assert_eq!((c.repeat().target_rel_ci, c.repeat().max_passes), (1.0, 3));
     }
 

@@ -106,10 +106,17 @@ mod tests {
         assert!((share - 1.0).abs() < 1e-12 && (measured - 2.0).abs() < 1e-12);
         assert!((opj - op.per_image_j).abs() < 1e-15);
         // The two linear layers at the output end are the shift layers.
-        let shifted: Vec<&str> = rows.iter().filter(|r| r.shift).map(|r| r.name.as_str()).collect();
+        let shifted: Vec<&str> = rows
+            .iter()
+            .filter(|r| r.shift)
+            .map(|r| r.name.as_str())
+            .collect();
         assert_eq!(shifted, ["fc1", "fc2"]);
         // No profile: shares are 0, never NaN.
         let rows = layer_rows(&spec, &op, &[], 0.0, 2.0);
-        assert!(rows.iter().all(|r| r.time_share == 0.0 && r.measured_j_per_image == 0.0));
+        assert!(
+            rows.iter()
+                .all(|r| r.time_share == 0.0 && r.measured_j_per_image == 0.0)
+        );
     }
 }

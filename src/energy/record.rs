@@ -151,7 +151,9 @@ impl EnergyRecord {
     /// Emissions of one pass, at this record's intensity and PUE.
     pub fn pass_kg(&self) -> f64 {
         match &self.repeat {
-            Some(r) => super::carbon::emissions_kg(r.mean_kwh(), self.pue, self.intensity_g_per_kwh),
+            Some(r) => {
+                super::carbon::emissions_kg(r.mean_kwh(), self.pue, self.intensity_g_per_kwh)
+            }
             None => self.emissions_kg,
         }
     }

@@ -78,7 +78,11 @@ impl RepeatStats {
         } else {
             f64::INFINITY
         };
-        let rel = if mean > 0.0 { half / mean } else { f64::INFINITY };
+        let rel = if mean > 0.0 {
+            half / mean
+        } else {
+            f64::INFINITY
+        };
         RepeatStats {
             passes: n,
             warmup_passes,

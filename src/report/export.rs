@@ -16,30 +16,67 @@ fn csv_error(e: csv::Error) -> std::io::Error {
 }
 
 /// The report's rows as CSV: `id, budget`, one column per configuration parameter (empty when
-/// inactive), per objective its value and its source (`<name>_source`), `on_front`,
-/// `is_default`, and the trial's `energy_sources` (`phase:cpu=..,gpu=..,ram=..;...`).
+/// inactive), per objective its value, for measured inference energy its relative 95% CI
+/// (`<name>_ci95_rel`, empty without one), and its source (`<name>_source`), `on_front`,
+/// `is_default`, the trial's `energy_sources` (`phase:cpu=..,gpu=..,ram=..;...`), both views
+/// of inference energy per image with their sources (empty when not recorded), `status` and
+/// `violated` (`; `-separated).
 pub fn write_csv(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
     let mut w = csv::Writer::from_writer(out);
     let mut header: Vec<String> = vec!["id".into(), "budget".into()];
     header.extend(report.parameters.iter().cloned());
     for o in &report.objectives {
         header.push(o.name.clone());
+        if o.measured_inference {
+            header.push(format!("{}_ci95_rel", o.name));
+        }
         header.push(format!("{}_source", o.name));
     }
-    header.extend(["on_front", "is_default", "energy_sources"].map(String::from));
+    header.extend(
+        [
+            "on_front",
+            "is_default",
+            "energy_sources",
+            "inference_j_per_image",
+            "inference_j_per_image_source",
+            "opcount_j_per_image",
+            "opcount_j_per_image_source",
+            "status",
+            "violated",
+        ]
+        .map(String::from),
+    );
     w.write_record(&header).map_err(csv_error)?;
     for r in &report.rows {
         let mut rec: Vec<String> = vec![r.id.to_string(), r.budget.to_string()];
         for p in &report.parameters {
             rec.push(r.config.get(p).map(|v| v.to_string()).unwrap_or_default());
         }
-        for (o, v) in report.objectives.iter().zip(&r.objectives) {
+        for (j, (o, v)) in report.objectives.iter().zip(&r.objectives).enumerate() {
             rec.push(v.to_string());
+            if o.measured_inference {
+                let ci = r.ci95_rel.get(j).copied().flatten();
+                rec.push(ci.map(|c| c.to_string()).unwrap_or_default());
+            }
             rec.push(o.source.clone());
         }
         rec.push(r.on_front.to_string());
         rec.push(r.is_default.to_string());
         rec.push(r.sources_long());
+        let opt = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
+        rec.push(opt(r.inference_j_per_image));
+        rec.push(r.inference_j_per_image_source.clone().unwrap_or_default());
+        rec.push(opt(r.opcount_j_per_image));
+        rec.push(r.opcount_j_per_image_source.clone().unwrap_or_default());
+        rec.push(
+            match r.status {
+                crate::store::TrialStatus::Success => "success",
+                crate::store::TrialStatus::Infeasible => "infeasible",
+                crate::store::TrialStatus::Failed => "failed",
+            }
+            .to_string(),
+        );
+        rec.push(r.violated.join("; "));
         w.write_record(&rec).map_err(csv_error)?;
     }
     w.flush()

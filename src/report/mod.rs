@@ -8,6 +8,7 @@
 //! the meters behind its trial's energy records.
 
 pub mod baseline;
+pub mod energy;
 pub mod export;
 pub mod front;
 pub mod run;
@@ -19,6 +20,7 @@ use serde::Serialize;
 use crate::space::Config;
 use crate::store::{TrialLine, TrialStatus};
 pub use baseline::{Comparison, DefaultResult, Improvement};
+pub use energy::{PerImageSources, RankAgreement};
 pub use front::{at_highest_budget, front_of, normalised_hypervolume, same_config};
 pub use run::{ReportError, Run};
 
@@ -27,6 +29,8 @@ pub use run::{ReportError, Run};
 pub struct Objective {
     pub name: String,
     pub source: String,
+    /// Measured inference energy: rows carry its 95% CI (`ci95_rel`) where the trial has one.
+    pub measured_inference: bool,
 }
 
 /// The meters behind one energy record of a trial.
@@ -46,21 +50,57 @@ pub struct Row {
     pub config: Config,
     /// In the order of [`Report::objectives`].
     pub objectives: Vec<f64>,
+    /// Per objective, the relative half-width of the 95% confidence interval of a repeated
+    /// measurement (`ci95_half_j / mean_j`); null where the objective is not measured inference
+    /// energy or the trial's record has no interval (one pass, or an older run).
+    pub ci95_rel: Vec<Option<f64>>,
     pub on_front: bool,
     pub is_default: bool,
+    /// `success` or `infeasible` (only the default's row can be infeasible: the front never is).
+    pub status: TrialStatus,
+    /// The constraints an infeasible trial violates.
+    pub violated: Vec<String>,
+    /// Both views of inference energy per image, joules, whichever one is optimized
+    /// (`metrics` of the trial; absent in older runs and for command objectives).
+    pub inference_j_per_image: Option<f64>,
+    pub opcount_j_per_image: Option<f64>,
+    /// Their sources: the meters of the measured inference record (`rapl+estimate`) and
+    /// `opcount`; absent with the value.
+    pub inference_j_per_image_source: Option<String>,
+    pub opcount_j_per_image_source: Option<String>,
     /// The meters behind the trial's energy records, per phase.
     pub energy_sources: Vec<RecordSources>,
 }
 
 impl Row {
-    fn of(t: &TrialLine, on_front: bool, is_default: bool) -> Row {
+    /// `measured_inference[j]`: whether objective `j` is measured inference energy.
+    fn of(t: &TrialLine, measured_inference: &[bool], on_front: bool, is_default: bool) -> Row {
+        let ci = energy::ci95_rel(t);
         Row {
             id: t.id,
             budget: t.budget,
             config: t.config.clone(),
             objectives: t.objectives.clone(),
+            ci95_rel: (0..t.objectives.len())
+                .map(|j| ci.filter(|_| measured_inference.get(j) == Some(&true)))
+                .collect(),
             on_front,
             is_default,
+            status: t.status,
+            violated: t.violated.clone(),
+            inference_j_per_image: t.metrics.as_ref().and_then(|m| m.inference_j_per_image),
+            opcount_j_per_image: t.metrics.as_ref().and_then(|m| m.opcount_j_per_image),
+            inference_j_per_image_source: t
+                .metrics
+                .as_ref()
+                .and_then(|m| m.inference_j_per_image)
+                .and(energy::measured_inference(t))
+                .map(energy::meters),
+            opcount_j_per_image_source: t
+                .metrics
+                .as_ref()
+                .and_then(|m| m.opcount_j_per_image)
+                .map(|_| "opcount".to_string()),
             energy_sources: t
                 .energy
                 .iter()
@@ -110,7 +150,51 @@ pub struct DefaultInfo {
     pub trial: Option<u64>,
     pub budget: Option<f64>,
     pub on_front: bool,
+    /// What an infeasible default violates: it stays the baseline, but is never on the front.
+    pub violated: Vec<String>,
     pub note: String,
+}
+
+/// How many trials violated one constraint (named as in `violated`, without the `(got ...)`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ViolationCount {
+    pub constraint: String,
+    pub trials: usize,
+}
+
+/// Trials per violated constraint, most violated first; a trial violating two counts for both.
+pub fn violation_counts(lines: &[TrialLine]) -> Vec<ViolationCount> {
+    let mut counts: Vec<ViolationCount> = Vec::new();
+    for t in lines.iter().filter(|t| t.status == TrialStatus::Infeasible) {
+        let mut seen: Vec<&str> = Vec::new();
+        for v in &t.violated {
+            let name = constraint_name(v);
+            if seen.contains(&name) {
+                continue;
+            }
+            seen.push(name);
+            match counts.iter_mut().find(|c| c.constraint == name) {
+                Some(c) => c.trials += 1,
+                None => counts.push(ViolationCount {
+                    constraint: name.to_string(),
+                    trials: 1,
+                }),
+            }
+        }
+    }
+    counts.sort_by(|a, b| {
+        b.trials
+            .cmp(&a.trials)
+            .then(a.constraint.cmp(&b.constraint))
+    });
+    counts
+}
+
+/// The constraint a violation names: the text before ` (got `.
+pub fn constraint_name(violation: &str) -> &str {
+    violation
+        .split_once(" (got ")
+        .map_or(violation, |(name, _)| name)
 }
 
 /// Every point of a run, for the plot: successful trials at every budget.
@@ -131,6 +215,10 @@ pub struct Report {
     pub parameters: Vec<String>,
     pub trials: usize,
     pub failed: usize,
+    /// Trials that trained and were measured but violate a `[[constraints]]` bound.
+    pub infeasible: usize,
+    /// Infeasible trials per violated constraint.
+    pub violations: Vec<ViolationCount>,
     /// Distinct configurations with a successful trial.
     pub configurations: usize,
     /// Normalised hypervolume of the front (objectives min-max scaled over successful trials,
@@ -142,9 +230,16 @@ pub struct Report {
     pub default: DefaultInfo,
     /// The front against the default; absent when the default has no successful trial.
     pub comparison: Option<Comparison>,
+    /// Sources of the rows' `inference_j_per_image` and `opcount_j_per_image`.
+    pub per_image_sources: PerImageSources,
+    /// Kendall tau-b of measured vs op-count inference energy per image.
+    pub rank_agreement: RankAgreement,
     /// Successful trials at every budget, in log order.
     #[serde(skip)]
     pub points: Vec<Point>,
+    /// Infeasible trials at every budget, for the plot (grey crosses).
+    #[serde(skip)]
+    pub infeasible_points: Vec<Point>,
 }
 
 impl Report {
@@ -154,13 +249,28 @@ impl Report {
         let default = DefaultResult::find(lines, &run.info.default_config);
         let default_trial = default.trial();
         let is_default = |t: &TrialLine| default_trial.is_some_and(|d| d.id == t.id);
+        let names = &run.info.objectives;
+        let source = |j: usize| {
+            run.info
+                .objective_sources
+                .get(j)
+                .cloned()
+                .unwrap_or_else(|| "not recorded in run.json".into())
+        };
+        let measured: Vec<bool> = names
+            .iter()
+            .enumerate()
+            .map(|(j, n)| energy::is_measured_inference(n, &source(j)))
+            .collect();
         let mut rows: Vec<Row> = front
             .iter()
-            .map(|t| Row::of(t, true, is_default(t)))
+            .map(|t| Row::of(t, &measured, true, is_default(t)))
             .collect();
         let default_on_front = rows.iter().any(|r| r.is_default);
+        let mut reported: Vec<&TrialLine> = front.clone();
         if let (Some(d), false) = (default_trial, default_on_front) {
-            rows.push(Row::of(d, false, true));
+            rows.push(Row::of(d, &measured, false, true));
+            reported.push(d);
         }
         rows.sort_by(|a, b| {
             a.objectives
@@ -184,18 +294,13 @@ impl Report {
                 }
             }
         }
-        let names = &run.info.objectives;
         let objectives = names
             .iter()
             .enumerate()
             .map(|(j, name)| Objective {
                 name: name.clone(),
-                source: run
-                    .info
-                    .objective_sources
-                    .get(j)
-                    .cloned()
-                    .unwrap_or_else(|| "not recorded in run.json".into()),
+                source: source(j),
+                measured_inference: measured[j],
             })
             .collect();
         let comparison = default_trial.map(|d| baseline::compare(names, &front, d));
@@ -208,12 +313,28 @@ impl Report {
             .iter()
             .filter(|t| t.status == TrialStatus::Failed)
             .count();
+        let points_of = |status: TrialStatus| {
+            lines
+                .iter()
+                .filter(|t| t.status == status)
+                .map(|t| Point {
+                    id: t.id,
+                    budget: t.budget,
+                    objectives: t.objectives.clone(),
+                })
+                .collect()
+        };
         Report {
             run_dir: run.dir.display().to_string(),
             objectives,
             parameters,
             trials: lines.len(),
             failed,
+            infeasible: lines
+                .iter()
+                .filter(|t| t.status == TrialStatus::Infeasible)
+                .count(),
+            violations: violation_counts(lines),
             configurations: at_highest_budget(lines).len(),
             hypervolume: normalised_hypervolume(lines, &front),
             rows,
@@ -223,18 +344,16 @@ impl Report {
                 trial,
                 budget,
                 on_front: default_on_front,
+                violated: default_trial
+                    .map(|d| d.violated.clone())
+                    .unwrap_or_default(),
                 note: default.note(),
             },
             comparison,
-            points: lines
-                .iter()
-                .filter(|t| t.status == TrialStatus::Success)
-                .map(|t| Point {
-                    id: t.id,
-                    budget: t.budget,
-                    objectives: t.objectives.clone(),
-                })
-                .collect(),
+            per_image_sources: PerImageSources::of(&reported),
+            rank_agreement: RankAgreement::of(lines),
+            points: points_of(TrialStatus::Success),
+            infeasible_points: points_of(TrialStatus::Infeasible),
         }
     }
 
@@ -274,6 +393,35 @@ pub fn fmt_value(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn violations_count_once_per_trial_and_constraint_named_before_got() {
+        let mut config = Config::new();
+        config.insert("lr", 0.1);
+        let mut t = TrialLine::success(0, config, 1.0, vec![0.1, 1.0]);
+        t.status = TrialStatus::Infeasible;
+        t.violated = vec![
+            "weight_memory_bits > max 0.5 x default (500) (got 501)".into(),
+            "accuracy < min 0.8 (got 0.79)".into(),
+        ];
+        let mut u = t.clone();
+        u.violated = vec!["accuracy < min 0.8 (got 0.5)".into()];
+        let mut ok = t.clone();
+        ok.status = TrialStatus::Success;
+        let c = violation_counts(&[t, u, ok]);
+        let got: Vec<(&str, usize)> = c
+            .iter()
+            .map(|c| (c.constraint.as_str(), c.trials))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("accuracy < min 0.8", 2),
+                ("weight_memory_bits > max 0.5 x default (500)", 1)
+            ]
+        );
+        assert_eq!(constraint_name("no got here"), "no got here");
+    }
 
     #[test]
     fn numbers_print_short_and_readable() {

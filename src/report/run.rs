@@ -86,7 +86,8 @@ impl Run {
         })?;
         let n = info.objectives.len();
         for t in &trials {
-            if t.status == TrialStatus::Success && t.objectives.len() != n {
+            // Infeasible trials too: the default's may be compared against and the plot draws them.
+            if t.measured() && t.objectives.len() != n {
                 return Err(input(
                     trials_path,
                     format!(
@@ -122,7 +123,7 @@ impl Run {
                     first.id,
                     first.reason.as_deref().unwrap_or("no reason logged")
                 ),
-                "at least one successful trial",
+                "at least one successful or infeasible trial",
             ));
         }
         Ok(Run {

@@ -5,7 +5,8 @@
 //!
 //! Shapes, so that readers and tests can tell them apart: trials are filled circles of radius
 //! [`TRIAL_RADIUS`], front points red rings of radius [`FRONT_RADIUS`] (joined by a staircase
-//! when there are two objectives), the default a black triangle, legend keys rectangles.
+//! when there are two objectives), the default a black triangle, infeasible trials grey
+//! crosses (measured, but never on the front), legend keys rectangles.
 
 use std::path::Path;
 
@@ -35,6 +36,7 @@ impl Axis {
         let values: Vec<f64> = report
             .points
             .iter()
+            .chain(&report.infeasible_points)
             .filter_map(|p| p.objectives.get(index).copied())
             .filter(|v| v.is_finite())
             .collect();
@@ -165,10 +167,11 @@ fn draw_footer(report: &Report, area: &DrawingArea<SVGBackend, Shift>) -> Result
         }
     ));
     lines.push(format!(
-        "{}: {} successful trials (circles, darker = higher budget), front of {} (red rings); failed trials, not drawn: {}",
+        "{}: {} successful trials (circles, darker = higher budget), front of {} (red rings); infeasible (grey crosses): {}; failed trials, not drawn: {}",
         report.run_dir,
         report.points.len(),
         report.front_len(),
+        report.infeasible,
         report.failed
     ));
     lines.push(format!("default (black triangle): {}", report.default.note));
@@ -245,6 +248,22 @@ where
             ))
             .legend(move |(px, py)| {
                 Rectangle::new([(px - 6, py - 5), (px + 6, py + 5)], colour.filled())
+            });
+    }
+
+    if !report.infeasible_points.is_empty() {
+        let grey = RGBColor(0x99, 0x99, 0x99);
+        chart
+            .draw_series(
+                report
+                    .infeasible_points
+                    .iter()
+                    .map(|p| Cross::new(at(&p.objectives), 5, grey.stroke_width(2))),
+            )
+            .map_err(fail)?
+            .label("infeasible trials (constraint violated)")
+            .legend(move |(px, py)| {
+                Rectangle::new([(px - 6, py - 1), (px + 6, py + 1)], grey.filled())
             });
     }
 

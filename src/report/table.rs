@@ -1,21 +1,58 @@
 //! The report as a text table: the front sorted by loss, the default configuration marked,
-//! objective sources in the footer, then the improvements against the default.
+//! objective sources in the footer (with both views of inference energy per image, their rank
+//! agreement and the infeasible trials per constraint), then the improvements against the
+//! default.
 
 use std::io::Write;
 
 use super::baseline::fmt_budget;
-use super::{Report, fmt_short, fmt_value};
+use super::{Report, Row, fmt_short, fmt_value};
+
+/// Column heads of the two per-image energy views, footnoted `[m]` and `[o]`.
+const MEASURED_HEAD: &str = "measured J/img [m]";
+const OPCOUNT_HEAD: &str = "opcount J/img [o]";
+
+/// A value with its relative 95% CI: `3.412e-6 ±1.3%`.
+fn with_ci(v: f64, rel: Option<f64>) -> String {
+    match rel {
+        Some(r) => {
+            let pct = r * 100.0;
+            let digits = if pct < 0.1 { 2 } else { 1 };
+            format!("{} ±{pct:.digits$}%", fmt_value(v))
+        }
+        None => fmt_value(v),
+    }
+}
+
+fn opt_value(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), fmt_value)
+}
+
+/// The mark after a row: the default, whether on the front, and why an infeasible one is not.
+fn mark(r: &Row) -> String {
+    match (r.is_default, r.on_front, r.violated.is_empty()) {
+        (true, true, _) => "<- default".into(),
+        (true, false, true) => "<- default (not on the front)".into(),
+        (true, false, false) => format!("<- default (infeasible: {})", r.violated.join("; ")),
+        _ => String::new(),
+    }
+}
 
 /// Writes the report for people.
 pub fn write_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(
         out,
-        "Pareto front of {}: {} of {} configurations ({} trials, {} failed); hypervolume {:.4} (objectives min-max normalised, reference point 1.1 each)",
+        "Pareto front of {}: {} of {} configurations ({} trials, {} failed{}); hypervolume {:.4} (objectives min-max normalised, reference point 1.1 each)",
         report.run_dir,
         report.front_len(),
         report.configurations,
         report.trials,
         report.failed,
+        if report.infeasible > 0 {
+            format!(", {} infeasible", report.infeasible)
+        } else {
+            String::new()
+        },
         report.hypervolume
     )?;
     writeln!(out)?;
@@ -24,6 +61,8 @@ pub fn write_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> 
     for (j, o) in report.objectives.iter().enumerate() {
         header.push(format!("{} [{}]", o.name, j + 1));
     }
+    header.push(MEASURED_HEAD.into());
+    header.push(OPCOUNT_HEAD.into());
     header.push("energy sources".into());
     header.push(String::new());
     let mut cells: Vec<Vec<String>> = vec![header];
@@ -36,13 +75,16 @@ pub fn write_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> 
                 None => "-".into(),
             });
         }
-        row.extend(r.objectives.iter().map(|v| fmt_value(*v)));
+        row.extend(
+            r.objectives
+                .iter()
+                .enumerate()
+                .map(|(j, v)| with_ci(*v, r.ci95_rel.get(j).copied().flatten())),
+        );
+        row.push(opt_value(r.inference_j_per_image));
+        row.push(opt_value(r.opcount_j_per_image));
         row.push(r.sources_short());
-        row.push(match (r.is_default, r.on_front) {
-            (true, true) => "<- default".into(),
-            (true, false) => "<- default (not on the front)".into(),
-            _ => String::new(),
-        });
+        row.push(mark(r));
         cells.push(row);
     }
     let columns = cells[0].len();
@@ -76,10 +118,38 @@ pub fn write_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> 
     for (j, o) in report.objectives.iter().enumerate() {
         writeln!(out, "[{}] {}: {}", j + 1, o.name, o.source)?;
     }
+    if report
+        .rows
+        .iter()
+        .any(|r| r.ci95_rel.iter().any(Option::is_some))
+    {
+        writeln!(
+            out,
+            "±: half-width of the 95% confidence interval of the mean of the repeated inference passes, relative to the mean"
+        )?;
+    }
+    writeln!(out, "[m] {}", report.per_image_sources.measured)?;
+    writeln!(out, "[o] {}", report.per_image_sources.opcount)?;
     writeln!(
         out,
         "energy sources: the meters behind each trial's energy records (cpu, gpu, ram; every phase); per record with --format json or csv"
     )?;
+    writeln!(out)?;
+    writeln!(out, "{}.", report.rank_agreement.note)?;
+    if report.infeasible > 0 {
+        let per: Vec<String> = report
+            .violations
+            .iter()
+            .map(|v| format!("{}: {}", v.constraint, v.trials))
+            .collect();
+        writeln!(
+            out,
+            "infeasible (never on the front): {} trial{}: {}",
+            report.infeasible,
+            if report.infeasible == 1 { "" } else { "s" },
+            per.join("; ")
+        )?;
+    }
     writeln!(out)?;
     match &report.comparison {
         None => writeln!(out, "Default: {}.", report.default.note)?,
@@ -104,9 +174,14 @@ pub fn write_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> 
                 c.default_trial,
                 fmt_budget(c.default_budget),
                 if report.default.on_front {
-                    ", on the front"
+                    ", on the front".to_string()
+                } else if !report.default.violated.is_empty() {
+                    format!(
+                        ", infeasible ({}), not on the front",
+                        report.default.violated.join("; ")
+                    )
                 } else {
-                    ", not on the front"
+                    ", not on the front".to_string()
                 }
             )?;
             writeln!(out, "Budgets: {}.", c.budgets_note)?;
