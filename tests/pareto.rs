@@ -586,9 +586,29 @@ fn a_run_without_a_successful_trial_is_an_error() {
     );
     let e = error_of(&["--run", path_str(dir.path())]);
     assert!(
-        e.contains("trials.jsonl: none of its 2 trials succeeded (trial 0 failed: training diverged); expected at least one successful trial"),
+        e.contains("trials.jsonl: none of its 2 trials succeeded (trial 0 failed: training diverged); expected at least one successful or infeasible trial"),
         "{e}"
     );
+    // A constrained run whose measured trials all broke a bound still has a report: an empty
+    // front, and why.
+    std::fs::remove_file(dir.path().join("trials.jsonl")).unwrap();
+    write_run(
+        dir.path(),
+        &[("loss", LOSS_SOURCE), ("inference_kwh", INFERENCE_SOURCE)],
+        &a,
+        &[
+            failed(0, &a, 1.0, "training diverged"),
+            infeasible(
+                ok(1, &a, 1.0, &[0.5, 1e-6]),
+                &["accuracy < min 0.8 (got 0.5)"],
+            ),
+        ],
+    );
+    let o = pareto(&["--run", path_str(dir.path())]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = stdout_of(&o);
+    assert!(text.contains("0 of "), "{text}");
+    assert!(text.contains("accuracy < min 0.8: 1"), "{text}");
     // An empty log says so too.
     std::fs::write(dir.path().join("trials.jsonl"), "").unwrap();
     let e = error_of(&["--run", path_str(dir.path())]);
@@ -667,6 +687,7 @@ fn dsnn(
         max_j: pass_j * 1.02,
         target_rel_ci: 0.05,
         target_met: true,
+        samples_j: Vec::new(),
     });
     let op_j = op * IMAGES;
     let opcount = EnergyRecord {

@@ -61,6 +61,9 @@ pub struct RepeatStats {
     /// The target the measurement aimed for, and whether it got there before `max_passes`.
     pub target_rel_ci: f64,
     pub target_met: bool,
+    /// Every measured pass, joules, in order: the evidence behind the statistics.
+    #[serde(default)]
+    pub samples_j: Vec<f64>,
 }
 
 impl RepeatStats {
@@ -94,6 +97,7 @@ impl RepeatStats {
             max_j: samples.iter().copied().fold(f64::NEG_INFINITY, f64::max),
             target_rel_ci,
             target_met: n >= MIN_PASSES && rel <= target_rel_ci,
+            samples_j: samples.to_vec(),
         }
     }
 

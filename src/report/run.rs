@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::store::{self, RUN, RunInfo, StoreError, TRIALS, TrialLine, TrialStatus};
+use crate::store::{self, RUN, RunInfo, StoreError, TRIALS, TrialLine};
 
 /// Why a run directory cannot be reported.
 #[derive(Debug, thiserror::Error)]
