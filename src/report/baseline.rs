@@ -153,7 +153,9 @@ pub fn compare(names: &[String], front: &[&TrialLine], default: &TrialLine) -> C
         .map(|b| fmt_budget(*b))
         .collect::<Vec<_>>()
         .join(", ");
-    let budgets_note = if compared.is_empty() {
+    let budgets_note = if front.is_empty() {
+        "the front is empty (no feasible trial): there is nothing to compare".to_string()
+    } else if compared.is_empty() {
         "the default is the only front point: there is nothing to compare".to_string()
     } else if same_budget {
         format!(
@@ -201,7 +203,10 @@ pub fn compare(names: &[String], front: &[&TrialLine], default: &TrialLine) -> C
         })
         .map(|t| t.id)
         .collect();
-    let headline = if compared.is_empty() {
+    let headline = if front.is_empty() {
+        "no configuration met every constraint: there is no front to compare with the default DSNN"
+            .to_string()
+    } else if compared.is_empty() {
         "the default DSNN is the whole front: no configuration improves on it".to_string()
     } else if improvements.is_empty() {
         "no front point improves on the default DSNN in any objective".to_string()
@@ -325,5 +330,16 @@ mod tests {
         assert!(c.headline.starts_with("no front point improves"));
         let alone = compare(&n, &[&default], &default);
         assert!(alone.headline.contains("whole front"), "{}", alone.headline);
+        // Every trial infeasible: an empty front, said as such.
+        let none = compare(&n, &[], &default);
+        assert!(
+            none.headline
+                .contains("no configuration met every constraint")
+        );
+        assert!(
+            none.budgets_note.contains("front is empty"),
+            "{}",
+            none.budgets_note
+        );
     }
 }
