@@ -288,6 +288,32 @@ mod tests {
     }
 
     #[test]
+    fn design_values_of_the_small_cnn_by_hand() {
+        use crate::arch::{Backbone, InputShape, NetSpec};
+        use crate::shift::ShiftSettings;
+        let spec = |depth| {
+            NetSpec::build(
+                Backbone::SmallCnn,
+                InputShape::new(1, 28, 28),
+                10,
+                ShiftSettings::default(),
+                depth,
+            )
+            .unwrap()
+        };
+        let e = crate::energy::OpEnergies::default();
+        // Weights: conv1 1x16x3x3 = 144, conv2 16x32x3x3 = 4,608, fc1 1,568x64 = 100,352,
+        // fc2 64x10 = 640: 105,744. Biases 64 + 10 and batch norm 2 x (16 + 32): 170.
+        let all = design_values(&spec(4), &e).unwrap();
+        assert_eq!(all[&Quantity::Params], 105_914.0);
+        // Every weight layer shifted at 5 bits, the rest at 32: 5 x 105,744 + 32 x 170.
+        assert_eq!(all[&Quantity::WeightMemoryBits], 534_160.0);
+        let float = design_values(&spec(0), &e).unwrap();
+        assert_eq!(float[&Quantity::WeightMemoryBits], 32.0 * 105_914.0);
+        assert!(all[&Quantity::OpcountJPerImage] < float[&Quantity::OpcountJPerImage]);
+    }
+
+    #[test]
     fn relative_without_a_reference_is_not_judged() {
         let c = Constraints::new(vec![spec(Quantity::Params, None, Some(0.5), true)]);
         assert!(

@@ -41,6 +41,21 @@ fn run(args: &[&str]) -> Output {
     bin().args(args).output().expect("run dsnn-hpo")
 }
 
+/// `optimize --config cfg --run-dir dir --quiet extra...`, which must succeed.
+fn optimize_ok(cfg: &Path, dir: &Path, extra: &[&str]) {
+    let mut args = vec![
+        "optimize",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--run-dir",
+        dir.to_str().unwrap(),
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    let o = run(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 fn write_config(dir: &Path, text: &str) -> PathBuf {
     let p = dir.join("tiny.toml");
     std::fs::write(&p, text).unwrap();
@@ -328,15 +343,7 @@ fn a_command_objective_is_optimized_and_its_failures_logged() {
         .replace("trials = 20", "trials = 8");
     let cfg = write_config(tmp.path(), &text);
     let dir = tmp.path().join("run");
-    let o = run(&[
-        "optimize",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--run-dir",
-        dir.to_str().unwrap(),
-        "--quiet",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    optimize_ok(&cfg, &dir, &[]);
     let (baseline, trials): (Vec<_>, Vec<_>) = read_trials(&dir)
         .unwrap()
         .into_iter()
@@ -495,19 +502,16 @@ fn energy_model_both_optimizes_measured_and_opcount_energy_with_repeated_passes(
         .replace("trials = 7", "trials = 4");
     let cfg = write_config(tmp.path(), &text);
     let dir = tmp.path().join("run");
-    let o = run(&[
-        "optimize",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--run-dir",
-        dir.to_str().unwrap(),
-        "--quiet",
-        "--set",
-        "energy.max_passes=4",
-        "--set",
-        "energy.per_layer=true",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    optimize_ok(
+        &cfg,
+        &dir,
+        &[
+            "--set",
+            "energy.max_passes=4",
+            "--set",
+            "energy.per_layer=true",
+        ],
+    );
     let info = dsnn_hpo::store::read_run_info(&dir).unwrap();
     assert_eq!(
         info.objectives,
@@ -570,15 +574,7 @@ fn a_constrained_search_proposes_no_known_violation_and_logs_infeasible_trials()
            \n[[constraints]]\nquantity = \"accuracy\"\nmin = 0.6\n";
     let cfg = write_config(tmp.path(), &text);
     let dir = tmp.path().join("run");
-    let o = run(&[
-        "optimize",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--run-dir",
-        dir.to_str().unwrap(),
-        "--quiet",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    optimize_ok(&cfg, &dir, &[]);
     let info = dsnn_hpo::store::read_run_info(&dir).unwrap();
     let reference = info.constraint_reference[&dsnn_hpo::constraint::Quantity::WeightMemoryBits];
     let all = read_trials(&dir).unwrap();
