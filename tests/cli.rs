@@ -260,7 +260,7 @@ fn energy_of_an_inference_pass_is_labelled() {
     // The pass is repeated: its statistics are in the record and the mean is what is reported.
     let rep = &v["measured"]["repeat"];
     let passes = rep["passes"].as_u64().unwrap();
-    assert!((3..=10).contains(&passes) || rep["passes"] == 10, "{rep}");
+    assert!((5..=10).contains(&passes), "{rep}");
     assert_eq!(rep["warmup_passes"], 1);
     let mean = rep["mean_j"].as_f64().unwrap();
     assert!(rep["min_j"].as_f64().unwrap() <= mean && mean <= rep["max_j"].as_f64().unwrap());

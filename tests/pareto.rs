@@ -681,6 +681,8 @@ fn dsnn(
         warmup_passes: 1,
         mean_j: pass_j,
         sd_j: pass_j * rel / 1.24,
+        autocorrelation: 0.0,
+        effective_passes: 5.0,
         ci95_half_j: pass_j * rel,
         rel_ci95: rel,
         min_j: pass_j * 0.98,

@@ -5,7 +5,13 @@
 //! search compares (a fraction of a second of CPU time, with the machine's other work, cache and
 //! thread scheduling in it). The pass is repeated until the half-width of the 95% confidence
 //! interval of the mean (Student's t) is at most `target_rel_ci` of the mean, or `max_passes` is
-//! reached. Warm-up passes run first and are left out of the statistics: the first pass after
+//! reached.
+//!
+//! Consecutive passes are not independent: a machine (a VM above all) runs in slower and faster
+//! spells that last seconds, so neighbouring passes share them. The interval therefore uses the
+//! effective number of passes under a first-order autoregressive model,
+//! `n_eff = n (1 - r1) / (1 + r1)` with `r1` the lag-1 autocorrelation (negative values count as
+//! 0), as simulation output analysis does; with independent passes it is the plain t interval. Warm-up passes run first and are left out of the statistics: the first pass after
 //! training pays for allocations and cold caches that no later pass does. Every pass's energy,
 //! warm-up included, counts in the combined record, so the search's own energy includes the cost
 //! of measuring.
@@ -16,9 +22,11 @@ use statrs::distribution::{ContinuousCDF, StudentsT};
 use super::EnergyRecord;
 use super::record::ComponentEnergy;
 
-/// Passes needed before the interval is trusted (two give a t quantile of 12.7, and a lucky
-/// pair of equal readings would stop at once).
-pub const MIN_PASSES: usize = 3;
+/// Passes needed before the interval is trusted: two give a t quantile of 12.7 and a lucky pair
+/// of equal readings would stop at once, and the autocorrelation needs a few passes to show (with
+/// 3, three passes inside one fast spell stopped a measurement at ±0.7% that was 10% below the
+/// others).
+pub const MIN_PASSES: usize = 5;
 
 /// How a repeated measurement stops.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -52,6 +60,12 @@ pub struct RepeatStats {
     pub mean_j: f64,
     /// Sample standard deviation of the passes, joules (0 for one pass).
     pub sd_j: f64,
+    /// Lag-1 autocorrelation of the passes (0 when it cannot be estimated).
+    #[serde(default)]
+    pub autocorrelation: f64,
+    /// Passes the interval counts: `n (1 - r1) / (1 + r1)` for a positive `r1`, else `n`.
+    #[serde(default)]
+    pub effective_passes: f64,
     /// Half-width of the 95% confidence interval of the mean, joules (infinite for one pass).
     pub ci95_half_j: f64,
     /// `ci95_half_j / mean_j`.
@@ -76,8 +90,12 @@ impl RepeatStats {
         } else {
             0.0
         };
+        let r1 = lag1_autocorrelation(samples);
+        let n_eff = n as f64 * (1.0 - r1.max(0.0)) / (1.0 + r1.max(0.0));
         let half = if n > 1 {
-            t975(n - 1) * sd / (n as f64).sqrt()
+            // At least one degree of freedom, however correlated the passes.
+            let df = (n_eff - 1.0).max(1.0).round() as usize;
+            t975(df) * sd / n_eff.max(1.0).sqrt()
         } else {
             f64::INFINITY
         };
@@ -91,6 +109,8 @@ impl RepeatStats {
             warmup_passes,
             mean_j: mean,
             sd_j: sd,
+            autocorrelation: r1,
+            effective_passes: n_eff,
             ci95_half_j: half,
             rel_ci95: rel,
             min_j: samples.iter().copied().fold(f64::INFINITY, f64::min),
@@ -105,6 +125,21 @@ impl RepeatStats {
     pub fn mean_kwh(&self) -> f64 {
         self.mean_j / super::J_PER_KWH
     }
+}
+
+/// Lag-1 autocorrelation `sum (x_i - m)(x_{i+1} - m) / sum (x_i - m)^2`; 0 for fewer than 3
+/// samples or no spread.
+pub fn lag1_autocorrelation(xs: &[f64]) -> f64 {
+    if xs.len() < 3 {
+        return 0.0;
+    }
+    let m = xs.iter().sum::<f64>() / xs.len() as f64;
+    let c0: f64 = xs.iter().map(|x| (x - m).powi(2)).sum();
+    if c0 <= 0.0 {
+        return 0.0;
+    }
+    let c1: f64 = xs.windows(2).map(|w| (w[0] - m) * (w[1] - m)).sum();
+    c1 / c0
 }
 
 /// The 0.975 quantile of Student's t with `df` degrees of freedom.
@@ -207,6 +242,25 @@ mod tests {
         assert_eq!((s.min_j, s.max_j), (1.0, 3.0));
         let one = RepeatStats::of(&[5.0], 0, 0.02);
         assert!(one.ci95_half_j.is_infinite() && !one.target_met);
+    }
+
+    #[test]
+    fn correlated_passes_widen_the_interval() {
+        // Two spells of five passes: r1 = 0.7 by hand (c1 = 0.25 x 7 = 1.75, c0 = 2.5), so the
+        // ten passes count as 10 x 0.3 / 1.7 = 1.76 and the interval is far wider than the
+        // independent one (t(9) x sd / sqrt 10).
+        let xs = [1.0, 1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0];
+        assert!((lag1_autocorrelation(&xs) - 0.7).abs() < 1e-12);
+        let s = RepeatStats::of(&xs, 0, 0.02);
+        assert!((s.effective_passes - 3.0 / 1.7).abs() < 1e-12);
+        let naive = t975(9) * s.sd_j / 10f64.sqrt();
+        assert!((s.ci95_half_j - t975(1) * s.sd_j / (3.0f64 / 1.7).sqrt()).abs() < 1e-12);
+        assert!(s.ci95_half_j > 5.0 * naive);
+        // Alternating passes (r1 < 0) count as independent: the plain t interval.
+        let alt = [1.0, 3.0, 1.0, 3.0, 1.0, 3.0];
+        let s = RepeatStats::of(&alt, 0, 0.02);
+        assert!(s.autocorrelation < 0.0 && s.effective_passes == 6.0);
+        assert!((s.ci95_half_j - t975(5) * s.sd_j / 6f64.sqrt()).abs() < 1e-12);
     }
 
     #[test]
