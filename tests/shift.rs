@@ -11,6 +11,16 @@ use dsnn_hpo::shift::quant::{
 };
 use dsnn_hpo::shift::{Rounding, ShiftKind, ShiftSettings};
 
+/// burn's backend RNG is process-wide and tests run on parallel threads: every test that seeds
+/// it or draws from it (stochastic rounding, initialisation, random inputs) holds this lock, so
+/// another test's draws cannot land between a seed and the draws it should fix.
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    RNG.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn cpu() -> Device {
     Device::flex()
 }
@@ -72,6 +82,7 @@ fn q_rounds_exactly_at_powers_of_two_and_at_sqrt_2() {
 
 #[test]
 fn stochastic_q_and_ps_use_the_given_draws() {
+    let _rng = rng_lock();
     // log2 0.75 = -0.415: floor -1, fraction 0.585; the draw decides 2^0 or 2^-1.
     let w = [0.75f32, 0.75, -0.75];
     let u = [0.5f32, 0.6, 0.58];
@@ -119,6 +130,7 @@ fn ps_rounding_by_hand_at_2_3_5_8_bits() {
 
 #[test]
 fn stochastic_rounding_is_unbiased_and_seeded() {
+    let _rng = rng_lock();
     let device = cpu();
     let n = 200_000;
     for x in [-1.737f32, 2.25, 0.5, -3.0] {
@@ -162,6 +174,7 @@ fn fixed_point_floor_and_clamp_at_the_edges() {
 
 #[test]
 fn straight_through_gradients_match_the_reference() {
+    let _rng = rng_lock();
     let device = cpu().autodiff();
     let c = [1.0f32, -2.0, 3.0, 0.5];
 
@@ -216,6 +229,7 @@ fn settings(kind: ShiftKind, bits: u32) -> ShiftSettings {
 
 #[test]
 fn exported_integers_reproduce_the_eval_forward_exactly() {
+    let _rng = rng_lock();
     let device = cpu().autodiff();
     for kind in [ShiftKind::Q, ShiftKind::Ps] {
         for bits in [2, 3, 5, 8] {
@@ -252,6 +266,7 @@ fn exported_integers_reproduce_the_eval_forward_exactly() {
 
 #[test]
 fn eval_mode_rounds_deterministically_even_for_stochastic_layers() {
+    let _rng = rng_lock();
     let device = cpu().autodiff();
     let conv = ShiftConv2dConfig::new([2, 2], 3, settings(ShiftKind::Q, 5)).init(&device);
     let eval = conv.valid();
@@ -286,6 +301,7 @@ fn count_shift_layers(net: &Network) -> usize {
 
 #[test]
 fn resnet20_layer_and_parameter_counts_at_depths_0_1_6_20() {
+    let _rng = rng_lock();
     let device = cpu();
     for (depth, shift_layers, shifted_weights) in [
         (0usize, 0usize, 0u64),
@@ -322,6 +338,7 @@ fn resnet20_layer_and_parameter_counts_at_depths_0_1_6_20() {
 
 #[test]
 fn networks_map_images_to_logits() {
+    let _rng = rng_lock();
     let device = cpu();
     for (model, input) in [
         (Backbone::Resnet20, InputShape::new(3, 32, 32)),
