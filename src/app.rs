@@ -23,7 +23,6 @@ use crate::config::RunConfig;
 use crate::constraint::{Constraints, Quantity, Values, design_values};
 use crate::data::LoadedData;
 use crate::device::DeviceChoice;
-use crate::energy::repeat::measure_repeated;
 use crate::energy::{CsvSink, EnergyTracker};
 use crate::error::Error;
 use crate::eval::Evaluator;
@@ -35,7 +34,9 @@ use crate::report::export::write_front;
 use crate::report::{front_of, normalised_hypervolume};
 use crate::space::SearchSpace;
 use crate::store::{self, AskLine, JsonlLog, Metrics, RunInfo, TrialLine, TrialLog, TrialStatus};
-use crate::trial::{DsnnObjective, Evaluation, TrainingEnergy, dsnn_space, trial_config};
+use crate::trial::{
+    DsnnObjective, Evaluation, TrainingEnergy, dsnn_space, measure_inference, trial_config,
+};
 use crate::workers::{CpuShare, ThreadClocks, cpu_threads, worker_device};
 
 /// How the optimize command was asked to run.
@@ -469,12 +470,15 @@ fn constraints_of(
                 let device = device.device()?;
                 device.seed(train.seed);
                 let model = crate::model::Network::init(&spec, &device);
-                let rec = measure_repeated(&cfg.energy.repeat(), || {
-                    let w = tracker.start("reference")?;
-                    crate::train::evaluate(&model, &data.valid, data, 256, &device)?;
-                    Ok::<_, Error>(tracker.stop(w)?)
-                })?;
-                rec.pass_kwh() * crate::energy::J_PER_KWH / data.valid.len().max(1) as f64
+                let rec = measure_inference(
+                    &model,
+                    data,
+                    &device,
+                    &cfg.energy.repeat(),
+                    || Ok::<_, Error>(tracker.start("reference")?),
+                    |w| Ok(tracker.stop(w)?),
+                )?;
+                rec.pass_j() / data.valid.len().max(1) as f64
             }
         };
         c.reference.insert(Quantity::InferenceJPerImage, value);

@@ -121,6 +121,24 @@ pub fn trial_config(base: &TrainConfig, config: &Config) -> Result<TrainConfig, 
     })
 }
 
+/// The inference energy of `model`: passes over the validation split, each in a window that
+/// `start` opens and `stop` closes into a record, repeated as `repeat` says (see
+/// [`crate::energy::repeat`]).
+pub fn measure_inference<W, E: From<crate::train::TrainError>>(
+    model: &crate::model::Network,
+    data: &LoadedData,
+    device: &Device,
+    repeat: &RepeatSettings,
+    start: impl Fn() -> Result<W, E>,
+    stop: impl Fn(W) -> Result<EnergyRecord, E>,
+) -> Result<EnergyRecord, E> {
+    measure_repeated(repeat, || {
+        let w = start()?;
+        evaluate(model, &data.valid, data, 256, device)?;
+        stop(w)
+    })
+}
+
 /// Trains and measures DSNN trials.
 pub struct DsnnObjective<'a> {
     pub base: TrainConfig,
@@ -340,16 +358,19 @@ impl<'a> DsnnObjective<'a> {
         let spec = cfg.net_spec(self.data.dims(), self.data.num_classes())?;
         // Both views of inference energy, whichever is optimized, so the report can show and
         // compare them: the meter (repeated passes) and the op-count model.
-        let measured = measure_repeated(&self.repeat, || {
-            let w = self.start("inference")?;
-            evaluate(&model, &self.data.valid, self.data, 256, &self.device)?;
-            self.stop(w)
-        })?;
+        let measured = measure_inference(
+            &model,
+            self.data,
+            &self.device,
+            &self.repeat,
+            || self.start("inference"),
+            |w| self.stop(w),
+        )?;
         let op = opcount::pass_energy(&spec.layer_counts(), images, &self.opcount)?;
         let op_rec = op.to_record("inference", self.tracker.carbon());
         let (inf_kwh, inf_kg) = (measured.pass_kwh(), measured.pass_kg());
         let (op_kwh, op_kg) = (op_rec.energy_kwh, op_rec.emissions_kg);
-        let per_image = |kwh: f64| kwh * crate::energy::J_PER_KWH / images.max(1) as f64;
+        let per_image = measured.pass_j() / images.max(1) as f64;
         energy.push(measured);
         energy.push(op_rec);
         let per_layer = if self.per_layer {
@@ -365,21 +386,15 @@ impl<'a> DsnnObjective<'a> {
             )?;
             energy.push(self.stop(w)?);
             let one = opcount::per_image_energy(&spec.layer_counts(), &self.opcount)?;
-            Some(layer_rows(
-                &spec,
-                &one,
-                &layer_s,
-                other_s,
-                per_image(inf_kwh),
-            ))
+            Some(layer_rows(&spec, &one, &layer_s, other_s, per_image))
         } else {
             None
         };
         let mut values = design_values(&spec, &self.opcount)?;
-        values.insert(Quantity::InferenceJPerImage, per_image(inf_kwh));
+        values.insert(Quantity::InferenceJPerImage, per_image);
         values.insert(Quantity::Accuracy, report.valid_accuracy);
         let metrics = Metrics {
-            inference_j_per_image: Some(per_image(inf_kwh)),
+            inference_j_per_image: Some(per_image),
             opcount_j_per_image: Some(op.per_image_j),
             params: Some(spec.totals().params),
             weight_memory_bits: Some(spec.weight_memory_bits()),

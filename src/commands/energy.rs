@@ -96,8 +96,7 @@ fn measure_inference(
 ) -> Result<(), Error> {
     use crate::config::RunConfig;
     use crate::energy::layers::layer_rows;
-    use crate::energy::repeat::measure_repeated;
-    use crate::energy::{EnergyTracker, J_PER_KWH, OpCountEnergy, opcount};
+    use crate::energy::{EnergyTracker, OpCountEnergy, opcount};
     use crate::model::Network;
     let mut cfg = RunConfig::load(path, &args.sets)?;
     if let Some(s) = args.source {
@@ -123,12 +122,15 @@ fn measure_inference(
         eprintln!("energy: {note}");
     }
     let images = data.valid.len();
-    let measured = measure_repeated(&cfg.energy.repeat(), || {
-        let w = tracker.start("inference")?;
-        crate::train::evaluate(&model, &data.valid, &data, 256, &device)?;
-        Ok::<_, Error>(tracker.stop(w)?)
-    })?;
-    let measured_per_image_j = measured.pass_kwh() * J_PER_KWH / images.max(1) as f64;
+    let measured = crate::trial::measure_inference(
+        &model,
+        &data,
+        &device,
+        &cfg.energy.repeat(),
+        || Ok::<_, Error>(tracker.start("inference")?),
+        |w| Ok(tracker.stop(w)?),
+    )?;
+    let measured_per_image_j = measured.pass_j() / images.max(1) as f64;
     let op: OpCountEnergy =
         opcount::pass_energy(&spec.layer_counts(), images as u64, &cfg.energy.opcount)?;
     let per_layer = if args.per_layer {
@@ -177,7 +179,7 @@ fn measure_inference(
         out,
         "measured   {:.3e} kWh = {:.4} J per pass ±{:.1}% (95% CI, {} passes after {} warm-up{}), {:.3e} J per image  (cpu: {}, gpu: {}, ram: {})",
         m.pass_kwh(),
-        m.pass_kwh() * J_PER_KWH,
+        m.pass_j(),
         rep.map_or(f64::INFINITY, |r| r.rel_ci95 * 100.0),
         rep.map_or(1, |r| r.passes),
         rep.map_or(0, |r| r.warmup_passes),

@@ -148,6 +148,11 @@ impl EnergyRecord {
             .map_or(self.energy_kwh, super::repeat::RepeatStats::mean_kwh)
     }
 
+    /// The energy of one pass in joules (see [`EnergyRecord::pass_kwh`]).
+    pub fn pass_j(&self) -> f64 {
+        self.repeat.as_ref().map_or(self.energy_j, |r| r.mean_j)
+    }
+
     /// Emissions of one pass, at this record's intensity and PUE.
     pub fn pass_kg(&self) -> f64 {
         match &self.repeat {
