@@ -639,3 +639,41 @@ fn a_constrained_search_proposes_no_known_violation_and_logs_infeasible_trials()
             .count()
     );
 }
+
+#[test]
+fn a_resumed_constrained_run_keeps_the_measured_reference() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A bound relative to the default's measured inference energy (loose: every design meets
+    // it), so the reference is measured before the first trial.
+    let text = TINY.replace("trials = 7", "trials = 3")
+        + "\n[[constraints]]\nquantity = \"inference_j_per_image\"\nmax = 100.0\nrelative = true\n";
+    let cfg = write_config(tmp.path(), &text);
+    let dir = tmp.path().join("run");
+    optimize_ok(&cfg, &dir, &["--set", "energy.max_passes=2"]);
+    let q = dsnn_hpo::constraint::Quantity::InferenceJPerImage;
+    let before = dsnn_hpo::store::read_run_info(&dir)
+        .unwrap()
+        .constraint_reference[&q];
+    assert!(before > 0.0 && before.is_finite(), "{before}");
+    // Extended on resume: judged against the same reference, not a new measurement.
+    let o = run(&[
+        "optimize",
+        "--resume",
+        dir.to_str().unwrap(),
+        "--quiet",
+        "--set",
+        "search.trials=5",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let after = dsnn_hpo::store::read_run_info(&dir)
+        .unwrap()
+        .constraint_reference[&q];
+    // (to 1e-12: serde_json reads floats back to within an ulp)
+    assert!(
+        (before - after).abs() <= 1e-12 * before,
+        "{before} vs {after}"
+    );
+    let trials = read_trials(&dir).unwrap();
+    assert_eq!(trials.iter().filter(|t| t.id < BASELINE_IDS).count(), 5);
+    assert!(trials.iter().all(|t| t.status != TrialStatus::Infeasible));
+}
