@@ -274,9 +274,8 @@ mod tests {
         assert!((normal_cdf(0.0) - 0.5).abs() < 1e-15);
     }
 
-    #[test]
-    fn maximiser_finds_the_low_region_of_a_fitted_forest() {
-        // Cost falls towards x = (0.8, 0.2); the best random+local candidate should land near it.
+    /// Two unit parameters, 60 random samples, log cost of a bowl at (0.8, 0.2), and the rng after.
+    fn bowl_at_0_8_0_2(seed: u64) -> (SearchSpace, Vec<Vec<f64>>, Vec<f64>, ChaCha8Rng) {
         let space = SearchSpace::new(
             vec![
                 ParamSpec::float("a", 0.0, 1.0, 0.5),
@@ -285,12 +284,19 @@ mod tests {
             None,
         )
         .unwrap();
-        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let x: Vec<Vec<f64>> = (0..60).map(|_| space.sample_vector(&mut rng)).collect();
         let y: Vec<f64> = x
             .iter()
             .map(|v| ((v[0] - 0.8).powi(2) + (v[1] - 0.2).powi(2) + 1e-3).ln())
             .collect();
+        (space, x, y, rng)
+    }
+
+    #[test]
+    fn maximiser_finds_the_low_region_of_a_fitted_forest() {
+        // Cost falls towards x = (0.8, 0.2); the best random+local candidate should land near it.
+        let (space, x, y, mut rng) = bowl_at_0_8_0_2(9);
         let forest = Forest::fit(
             &x,
             &y,
@@ -321,20 +327,7 @@ mod tests {
     fn feasibility_and_filter_shape_the_candidates() {
         // Cost falls towards a = 0.8, but a > 0.5 is infeasible (measured): with the feasibility forest
         // the best candidate moves to the feasible side; a known filter b < 0.5 holds for every candidate.
-        let space = SearchSpace::new(
-            vec![
-                ParamSpec::float("a", 0.0, 1.0, 0.5),
-                ParamSpec::float("b", 0.0, 1.0, 0.5),
-            ],
-            None,
-        )
-        .unwrap();
-        let mut rng = ChaCha8Rng::seed_from_u64(4);
-        let x: Vec<Vec<f64>> = (0..60).map(|_| space.sample_vector(&mut rng)).collect();
-        let y: Vec<f64> = x
-            .iter()
-            .map(|v| ((v[0] - 0.8).powi(2) + (v[1] - 0.2).powi(2) + 1e-3).ln())
-            .collect();
+        let (space, x, y, mut rng) = bowl_at_0_8_0_2(4);
         let labels: Vec<f64> = x.iter().map(|v| f64::from(u8::from(v[0] <= 0.5))).collect();
         let kinds = space.feature_kinds();
         let settings = ForestSettings::default();
