@@ -39,14 +39,6 @@ pub enum Quantity {
 }
 
 impl Quantity {
-    pub const ALL: [Quantity; 5] = [
-        Quantity::Params,
-        Quantity::WeightMemoryBits,
-        Quantity::OpcountJPerImage,
-        Quantity::InferenceJPerImage,
-        Quantity::Accuracy,
-    ];
-
     /// Known from the configuration alone, before any training.
     pub fn known_ahead(self) -> bool {
         matches!(
@@ -202,7 +194,7 @@ impl Constraints {
         self.specs.is_empty()
     }
 
-    /// Whether any constraint is known ahead / measured.
+    /// Whether any constraint is known ahead (the optimizer then needs a predicate).
     pub fn has_known_ahead(&self) -> bool {
         self.specs.iter().any(|c| c.quantity.known_ahead())
     }

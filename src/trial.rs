@@ -385,8 +385,7 @@ impl<'a> DsnnObjective<'a> {
                 &self.device,
             )?;
             energy.push(self.stop(w)?);
-            let one = opcount::per_image_energy(&spec.layer_counts(), &self.opcount)?;
-            Some(layer_rows(&spec, &one, &layer_s, other_s, per_image))
+            Some(layer_rows(&spec, &op, &layer_s, other_s, per_image))
         } else {
             None
         };

@@ -142,10 +142,9 @@ fn measure_inference(
             256,
             &device,
         )?;
-        let one = opcount::per_image_energy(&spec.layer_counts(), &cfg.energy.opcount)?;
         Some(layer_rows(
             &spec,
-            &one,
+            &op,
             &layer_s,
             other_s,
             measured_per_image_j,

@@ -31,8 +31,8 @@ pub struct LayerRow {
     pub measured_j_per_image: f64,
 }
 
-/// The rows of `spec`'s layers plus `other`, from the op-count energy of one image (`op`, built
-/// from `spec.layer_counts()`), the profiled seconds per layer and outside them, and the
+/// The rows of `spec`'s layers plus `other`, from the op-count energy of a pass (`op`, built
+/// from `spec.layer_counts()`; its per-layer figures are per image, whatever the pass size), the profiled seconds per layer and outside them, and the
 /// measured energy of one image.
 pub fn layer_rows(
     spec: &NetSpec,
