@@ -5,6 +5,7 @@
 pub mod command;
 pub mod problems;
 
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::opt::{Outcome, Trial};
@@ -37,4 +38,44 @@ pub enum EvalError {
     Config(String),
     #[error("{0}")]
     Other(String),
+}
+
+/// JSON has no NaN: a diverged trial's losses are written as null and read back as NaN.
+mod nan_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_f64(*v)
+        } else {
+            s.serialize_none()
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    pub valid_accuracy: f64,
+    #[serde(with = "nan_as_null")]
+    pub valid_loss: f64,
+    #[serde(with = "nan_as_null")]
+    pub train_loss: f64,
+    pub epochs_trained: usize,
+    pub images_per_s: f64,
+    /// Measured inference energy per image, joules: the mean repeated validation pass over its
+    /// images (source in the trial's `inference` record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference_j_per_image: Option<f64>,
+    /// Op-count model energy per image, joules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opcount_j_per_image: Option<f64>,
+    /// Parameters (batch norm included) and weight memory in bits of the design.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_memory_bits: Option<u64>,
 }

@@ -138,5 +138,6 @@ impl Run {
 fn detail(e: StoreError) -> String {
     match e {
         StoreError::Io { message, .. } | StoreError::Corrupt { message, .. } => message,
+        other => other.to_string(),
     }
 }

@@ -13,167 +13,19 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::energy::EnergyRecord;
-use crate::space::Config;
+use super::StoreError;
+use super::record::{RunInfo, TrialLine};
 
 pub const TRIALS: &str = "trials.jsonl";
 pub const RUN: &str = "run.json";
 /// The order of asks among tells, so a resume replays concurrent trials (`--workers`) exactly.
 pub const ASKS: &str = "asks.jsonl";
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("{path}: {message}")]
-    Io { path: PathBuf, message: String },
-    #[error("{path} line {line}: {message}")]
-    Corrupt {
-        path: PathBuf,
-        line: usize,
-        message: String,
-    },
-}
-
 fn io(path: &Path, e: impl std::fmt::Display) -> StoreError {
     StoreError::Io {
         path: path.to_path_buf(),
         message: e.to_string(),
     }
-}
-
-/// How a trial ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TrialStatus {
-    Success,
-    /// Trained and measured, but a `[[constraints]]` bound is violated (`violated` says which):
-    /// never on the front.
-    Infeasible,
-    /// Crashed, diverged (NaN) or failed otherwise; `reason` says why.
-    Failed,
-}
-
-/// One finished trial, as written to `trials.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrialLine {
-    pub id: u64,
-    pub config: Config,
-    /// Epochs the trial reached.
-    pub budget: f64,
-    /// The trial whose saved state this one continued from.
-    pub continued_from: Option<u64>,
-    pub status: TrialStatus,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// Objective values in the order of `RunInfo::objectives`; empty when failed.
-    pub objectives: Vec<f64>,
-    /// The constraints an infeasible trial violates.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub violated: Vec<String>,
-    /// Per-layer inference energy, when `[energy] per_layer` asks for it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub per_layer: Option<Vec<crate::energy::layers::LayerRow>>,
-    /// Validation metrics of the trained network, when training finished.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metrics: Option<Metrics>,
-    /// Energy records of the trial's phases (training, inference), each with its sources.
-    #[serde(default)]
-    pub energy: Vec<EnergyRecord>,
-    /// Seconds from start to finish of the trial.
-    pub wall_s: f64,
-    /// Unix time the trial finished.
-    pub finished_unix_s: f64,
-    /// The default configuration at the largest budget, trained after the search as the
-    /// baseline the report compares against; not part of the optimizer's history.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub baseline: bool,
-}
-
-impl TrialLine {
-    /// Trained and measured (successful or infeasible): its objectives are real.
-    pub fn measured(&self) -> bool {
-        self.status != TrialStatus::Failed
-    }
-
-    /// A successful trial without metrics or energy records: for tools and tests that write
-    /// logs of their own.
-    pub fn success(id: u64, config: Config, budget: f64, objectives: Vec<f64>) -> TrialLine {
-        TrialLine {
-            id,
-            config,
-            budget,
-            continued_from: None,
-            status: TrialStatus::Success,
-            reason: None,
-            objectives,
-            violated: Vec::new(),
-            per_layer: None,
-            metrics: None,
-            energy: Vec::new(),
-            wall_s: 1.0,
-            finished_unix_s: 0.0,
-            baseline: false,
-        }
-    }
-}
-
-/// JSON has no NaN: a diverged trial's losses are written as null and read back as NaN.
-mod nan_as_null {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
-        if v.is_finite() {
-            s.serialize_f64(*v)
-        } else {
-            s.serialize_none()
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
-    }
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Metrics {
-    pub valid_accuracy: f64,
-    #[serde(with = "nan_as_null")]
-    pub valid_loss: f64,
-    #[serde(with = "nan_as_null")]
-    pub train_loss: f64,
-    pub epochs_trained: usize,
-    pub images_per_s: f64,
-    /// Measured inference energy per image, joules: the mean repeated validation pass over its
-    /// images (source in the trial's `inference` record).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub inference_j_per_image: Option<f64>,
-    /// Op-count model energy per image, joules.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub opcount_j_per_image: Option<f64>,
-    /// Parameters (batch norm included) and weight memory in bits of the design.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub params: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub weight_memory_bits: Option<u64>,
-}
-
-/// What the columns of the log mean.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunInfo {
-    /// Objective names, e.g. ["loss", "energy_kwh"]; all minimised.
-    pub objectives: Vec<String>,
-    /// Where each objective comes from, e.g. "1 - validation accuracy",
-    /// "inference energy per validation pass, measured (rapl/estimate per record)".
-    pub objective_sources: Vec<String>,
-    /// The search space's default configuration: the baseline the report compares against.
-    pub default_config: Config,
-    /// Hash of the settings that must not change on resume.
-    pub meta_hash: String,
-    /// The default configuration's values that relative `[[constraints]]` bounds scale (a
-    /// measured one is measured once, before the first trial, and kept for a resume).
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub constraint_reference: crate::constraint::Values,
-    /// The resolved run configuration, as TOML text.
-    pub config_toml: String,
 }
 
 pub fn write_run_info(dir: &Path, info: &RunInfo) -> Result<(), StoreError> {
@@ -308,6 +160,8 @@ impl JsonlLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::space::Config;
+    use crate::store::record::{Metrics, TrialStatus};
 
     fn line(id: u64) -> TrialLine {
         let mut config = Config::new();
