@@ -10,6 +10,8 @@ use crate::commands::optimize::OptimizeArgs;
 use crate::commands::pareto::ParetoArgs;
 #[cfg(feature = "dsnn")]
 use crate::commands::train::TrainArgs;
+#[cfg(feature = "dsnn")]
+use crate::commands::worker::WorkerArgs;
 use crate::opt::bench::BenchArgs;
 
 /// Find the best accuracy/energy trade-offs of Deep Shift Neural Networks.
@@ -26,6 +28,10 @@ pub enum Command {
     /// multi-objective: Hyperband over epochs, ParEGO with a random forest).
     #[cfg(feature = "dsnn")]
     Optimize(OptimizeArgs),
+    /// Join a study in a shared store (PostgreSQL, or SQLite on one machine) and evaluate its
+    /// trials until it is done: start any number, on any machines, at any time.
+    #[cfg(feature = "dsnn")]
+    Worker(WorkerArgs),
     /// Report a search: its Pareto front as a table (or CSV, JSON), sorted by loss, the default
     /// DSNN marked and the best improvements against it; `--plot` draws the trials as SVG.
     Pareto(ParetoArgs),

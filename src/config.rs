@@ -301,6 +301,82 @@ pub struct RunConfig {
     /// cpu, wgpu, wgpu:N, vulkan, vulkan:N or cuda:N.
     #[serde(default = "d_device")]
     pub device: String,
+    /// `[study]`: where the study is stored and how its workers' leases behave.
+    #[serde(default, skip_serializing_if = "StudyConfig::is_default")]
+    pub study: StudyConfig,
+}
+
+/// `[study]`: the study store. Without `storage` the study lives in a SQLite file inside the run
+/// directory (nothing to install); `postgresql://...` shares it between machines.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StudyConfig {
+    /// `sqlite:///path/study.db` or `postgresql://user@host/db`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<String>,
+    /// The study's name inside a store that holds many (default: the config's `name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Seconds between a worker's heartbeats.
+    #[serde(default = "d_heartbeat_s")]
+    pub heartbeat_s: f64,
+    /// Seconds of silence after which a running trial is taken from its worker and queued again.
+    #[serde(default = "d_grace_s")]
+    pub grace_s: f64,
+    /// How often a trial whose worker went silent is tried again before it counts as failed.
+    #[serde(default = "d_max_retries")]
+    pub max_retries: u32,
+}
+
+fn d_heartbeat_s() -> f64 {
+    30.0
+}
+fn d_grace_s() -> f64 {
+    300.0
+}
+fn d_max_retries() -> u32 {
+    2
+}
+
+impl Default for StudyConfig {
+    fn default() -> Self {
+        StudyConfig {
+            storage: None,
+            name: None,
+            heartbeat_s: d_heartbeat_s(),
+            grace_s: d_grace_s(),
+            max_retries: d_max_retries(),
+        }
+    }
+}
+
+impl StudyConfig {
+    fn is_default(&self) -> bool {
+        *self == StudyConfig::default()
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !(self.heartbeat_s.is_finite() && self.heartbeat_s > 0.0) {
+            return Err(format!(
+                "[study] heartbeat_s = {}: expected a positive number of seconds",
+                self.heartbeat_s
+            ));
+        }
+        if !(self.grace_s.is_finite() && self.grace_s >= 2.0 * self.heartbeat_s) {
+            return Err(format!(
+                "[study] grace_s = {}: expected at least twice heartbeat_s ({}), or a busy worker's trial is taken from it",
+                self.grace_s, self.heartbeat_s
+            ));
+        }
+        if let Some(name) = &self.name
+            && (name.is_empty() || name.len() > 200)
+        {
+            return Err(format!(
+                "[study] name = \"{name}\": expected 1 to 200 characters"
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl RunConfig {
@@ -348,6 +424,7 @@ impl RunConfig {
         };
         self.data.validate().map_err(|e| fail(e.to_string()))?;
         self.energy.validate().map_err(|e| fail(e.to_string()))?;
+        self.study.validate().map_err(fail)?;
         #[cfg(feature = "dsnn")]
         self.train
             .validate()

@@ -38,8 +38,9 @@ pub enum Error {
     Report(#[from] crate::report::ReportError),
     #[cfg(feature = "dsnn")]
     #[error(transparent)]
-    Trial(#[from] crate::trial::TrialError),
-    #[error("run directory {path}: {message}")]
+    Trial(#[from] crate::eval::dsnn::TrialError),
+    /// `path` names the thing: a run directory, a configuration file, a study.
+    #[error("{path}: {message}")]
     Run { path: PathBuf, message: String },
     #[error("training diverged: {0}")]
     Diverged(String),

@@ -18,19 +18,15 @@ pub mod space;
 pub mod store;
 
 #[cfg(feature = "dsnn")]
-pub mod app;
-#[cfg(feature = "dsnn")]
 pub mod device;
 #[cfg(feature = "dsnn")]
 pub mod model;
 #[cfg(feature = "dsnn")]
 pub mod progress;
 #[cfg(feature = "dsnn")]
+pub mod search;
+#[cfg(feature = "dsnn")]
 pub mod train;
-#[cfg(feature = "dsnn")]
-pub mod trial;
-#[cfg(feature = "dsnn")]
-pub mod workers;
 
 pub mod cli;
 pub mod commands;

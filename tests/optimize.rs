@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use dsnn_hpo::app::BASELINE_IDS;
+use dsnn_hpo::store::BASELINE_IDS;
 use dsnn_hpo::store::{TrialStatus, read_trials};
 
 const TINY: &str = r#"

@@ -122,7 +122,7 @@ fn measure_inference(
         eprintln!("energy: {note}");
     }
     let images = data.valid.len();
-    let measured = crate::trial::measure_inference(
+    let measured = crate::eval::dsnn::measure_inference(
         &model,
         &data,
         &device,

@@ -7,6 +7,8 @@ pub mod optimize;
 pub mod pareto;
 #[cfg(feature = "dsnn")]
 pub mod train;
+#[cfg(feature = "dsnn")]
+pub mod worker;
 
 use std::io::Write;
 
@@ -22,6 +24,8 @@ pub fn run(command: Command, out: &mut dyn Write) -> Result<(), Error> {
         #[cfg(feature = "dsnn")]
         Command::Train(args) => train::run(&args, out),
         Command::Energy(args) => energy::run(&args, out),
+        #[cfg(feature = "dsnn")]
+        Command::Worker(args) => worker::run(&args, out),
         Command::Pareto(args) => pareto::run(&args, out),
         Command::Bench(args) => {
             crate::opt::bench::run(&args, out)?;

@@ -6,9 +6,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Args;
 
-use crate::app::{OptimizeOptions, optimize};
 use crate::config::RunConfig;
 use crate::error::Error;
+use crate::search::{OptimizeOptions, optimize};
 
 #[derive(Debug, Args)]
 pub struct OptimizeArgs {
@@ -29,6 +29,14 @@ pub struct OptimizeArgs {
     /// divided between them, on GPUs each takes the next device index.
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
+    /// Study store (overrides `[study] storage`): `sqlite:///path/study.db` or
+    /// `postgresql://user@host/db`; default: a SQLite file inside the run directory. Workers on
+    /// other machines join with `dsnn-hpo worker --storage URL --study NAME`.
+    #[arg(long, value_name = "URL")]
+    pub storage: Option<String>,
+    /// The study's name in the store (overrides `[study] name`; default: the config's `name`).
+    #[arg(long, value_name = "NAME")]
+    pub study: Option<String>,
     /// No progress display.
     #[arg(long)]
     pub quiet: bool,
@@ -81,6 +89,12 @@ pub fn run(args: &OptimizeArgs, out: &mut dyn Write) -> Result<(), Error> {
         }
         cfg.search.workers = n;
     }
+    if let Some(url) = &args.storage {
+        cfg.study.storage = Some(url.clone());
+    }
+    if let Some(name) = &args.study {
+        cfg.study.name = Some(name.clone());
+    }
     let summary = optimize(
         &cfg,
         &OptimizeOptions {
@@ -102,6 +116,15 @@ pub fn run(args: &OptimizeArgs, out: &mut dyn Write) -> Result<(), Error> {
         summary.front,
         summary.hypervolume
     )?;
+    if summary.stop == crate::report::summary::StopReason::Interrupted {
+        return Err(Error::Run {
+            path: run_dir.clone(),
+            message: format!(
+                "interrupted; finished trials are kept: continue with dsnn-hpo optimize --resume {}",
+                run_dir.display()
+            ),
+        });
+    }
     let e = &summary.search_energy;
     writeln!(
         out,

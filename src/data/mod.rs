@@ -471,6 +471,34 @@ impl LoadedData {
         self.train.dataset().num_classes()
     }
 
+    /// Identifies the data a study trains on, for workers on other machines: kind, shape, split
+    /// sizes and a hash (FNV-1a) of the first 256 records of the training and test files in
+    /// their order. Two copies of the same files agree; a different subset or file does not.
+    pub fn fingerprint(&self) -> String {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |bytes: &[u8]| {
+            for &b in bytes {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        for d in [self.train.dataset(), self.test.dataset()] {
+            for i in 0..d.len().min(256) {
+                eat(d.image(i));
+                eat(&d.label(i).to_le_bytes());
+            }
+        }
+        let [c, hh, w] = self.dims();
+        format!(
+            "{} {c}x{hh}x{w}, {} classes, {} train / {} valid / {} test, records hash {h:016x}",
+            self.kind,
+            self.num_classes(),
+            self.train.len(),
+            self.valid.len(),
+            self.test.len()
+        )
+    }
+
     /// One line for logs: kind, sizes, shape and the files read.
     pub fn describe(&self) -> String {
         let [c, h, w] = self.dims();

@@ -139,6 +139,13 @@ impl Evaluator for CommandObjective {
         self.objectives.clone()
     }
 
+    fn objective_sources(&self) -> Vec<String> {
+        self.objectives
+            .iter()
+            .map(|n| format!("{n} as printed by the objective command"))
+            .collect()
+    }
+
     fn evaluate(&mut self, trial: &Trial) -> Result<Outcome, EvalError> {
         let mut command = Command::new(&self.argv[0]);
         command

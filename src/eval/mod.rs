@@ -3,12 +3,38 @@
 //! The DSNN trainer, the command objective and the benchmark problems all implement [`Evaluator`].
 
 pub mod command;
+#[cfg(feature = "dsnn")]
+pub mod dsnn;
 pub mod problems;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::energy::EnergyRecord;
+use crate::energy::layers::LayerRow;
 use crate::opt::{Outcome, Trial};
+
+/// One evaluated trial with what the log keeps besides the objectives.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    pub outcome: Outcome,
+    pub metrics: Option<Metrics>,
+    pub energy: Vec<EnergyRecord>,
+    /// Per-layer inference energy, when asked for (`[energy] per_layer`).
+    pub per_layer: Option<Vec<LayerRow>>,
+}
+
+impl Evaluation {
+    /// An outcome with nothing else recorded.
+    pub fn of(outcome: Outcome) -> Evaluation {
+        Evaluation {
+            outcome,
+            metrics: None,
+            energy: Vec::new(),
+            per_layer: None,
+        }
+    }
+}
 
 /// Runs trials. A trial that crashes, diverges (NaN) or times out is a normal result,
 /// `Ok(Outcome::Failed { .. })`; `Err` is reserved for problems that should stop the whole run.
@@ -16,7 +42,20 @@ pub trait Evaluator {
     /// Names of the objectives, all minimised, in the order of [`Outcome::Success`]'s values.
     fn objective_names(&self) -> Vec<String>;
 
+    /// Where each objective's values come from, for the report (e.g. "measured (rapl)").
+    fn objective_sources(&self) -> Vec<String> {
+        self.objective_names()
+            .iter()
+            .map(|n| format!("{n} as the evaluator returns it"))
+            .collect()
+    }
+
     fn evaluate(&mut self, trial: &Trial) -> Result<Outcome, EvalError>;
+
+    /// The outcome with metrics and energy records, for evaluators that measure them.
+    fn evaluate_fully(&mut self, trial: &Trial) -> Result<Evaluation, EvalError> {
+        self.evaluate(trial).map(Evaluation::of)
+    }
 }
 
 /// A fatal evaluation problem.

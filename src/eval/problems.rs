@@ -83,6 +83,13 @@ impl Evaluator for ProblemEvaluator {
         vec!["f1".to_string(), "f2".to_string()]
     }
 
+    fn objective_sources(&self) -> Vec<String> {
+        self.objective_names()
+            .iter()
+            .map(|n| format!("{n} of the test problem {} (computed)", self.problem.name()))
+            .collect()
+    }
+
     fn evaluate(&mut self, trial: &Trial) -> Result<Outcome, EvalError> {
         let x = (1..=N_VARS)
             .map(|i| {

@@ -12,6 +12,7 @@ pub mod energy;
 pub mod export;
 pub mod front;
 pub mod run;
+pub mod summary;
 pub mod svg;
 pub mod table;
 

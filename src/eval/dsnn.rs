@@ -10,26 +10,16 @@ use burn::tensor::Device;
 use crate::config::{EnergyModel, EnergyPhase, EnergyUnit, LossObjective, ObjectivesConfig};
 use crate::constraint::{Constraints, Quantity, design_values};
 use crate::data::LoadedData;
-use crate::energy::layers::{LayerRow, layer_rows};
+use crate::energy::layers::layer_rows;
 use crate::energy::repeat::measure_repeated;
 use crate::energy::{EnergyRecord, EnergyTracker, RepeatSettings, Window, opcount};
+use crate::eval::{EvalError, Evaluation, Evaluator, Metrics};
 use crate::opt::{Outcome, Trial};
+use crate::search::workers::{CpuShare, ShareMark};
 use crate::space::{Config, ParamSpec, SearchSpace, SpaceError};
-use crate::store::Metrics;
 use crate::train::{
     RunOptions, TrainConfig, TrainObserver, TrainStatus, evaluate, profile_layers, train_network,
 };
-use crate::workers::{CpuShare, ShareMark};
-
-/// One evaluated trial with what the log keeps besides the objectives.
-#[derive(Debug, Clone)]
-pub struct Evaluation {
-    pub outcome: Outcome,
-    pub metrics: Option<Metrics>,
-    pub energy: Vec<EnergyRecord>,
-    /// Per-layer inference energy, when asked for (`[energy] per_layer`).
-    pub per_layer: Option<Vec<LayerRow>>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrialError {
@@ -219,7 +209,7 @@ impl<'a> DsnnObjective<'a> {
         })
     }
 
-    pub fn objective_names(&self) -> Vec<String> {
+    fn names(&self) -> Vec<String> {
         let loss = match self.objectives.loss {
             LossObjective::Error => "loss",
             LossObjective::CrossEntropy => "cross_entropy",
@@ -240,7 +230,7 @@ impl<'a> DsnnObjective<'a> {
         names
     }
 
-    pub fn objective_sources(&self) -> Vec<String> {
+    fn sources(&self) -> Vec<String> {
         let loss = match self.objectives.loss {
             LossObjective::Error => "1 - validation top-1 accuracy",
             LossObjective::CrossEntropy => "validation cross-entropy",
@@ -277,7 +267,8 @@ impl<'a> DsnnObjective<'a> {
         }
     }
 
-    pub fn evaluate(&mut self, trial: &Trial) -> Result<Evaluation, TrialError> {
+    /// Trains and measures one trial; `Err` only for what should stop the run (I/O, meters).
+    pub fn run_trial(&mut self, trial: &Trial) -> Result<Evaluation, TrialError> {
         let mut cfg = trial_config(&self.base, &trial.config)?;
         cfg.schedule_epochs = Some(self.max_epochs);
         cfg.validate()?;
@@ -438,5 +429,24 @@ impl<'a> DsnnObjective<'a> {
             energy,
             per_layer,
         })
+    }
+}
+
+impl Evaluator for DsnnObjective<'_> {
+    fn objective_names(&self) -> Vec<String> {
+        self.names()
+    }
+
+    fn objective_sources(&self) -> Vec<String> {
+        self.sources()
+    }
+
+    fn evaluate(&mut self, trial: &Trial) -> Result<Outcome, EvalError> {
+        self.evaluate_fully(trial).map(|e| e.outcome)
+    }
+
+    fn evaluate_fully(&mut self, trial: &Trial) -> Result<Evaluation, EvalError> {
+        self.run_trial(trial)
+            .map_err(|e| EvalError::Other(e.to_string()))
     }
 }
