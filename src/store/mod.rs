@@ -17,6 +17,8 @@
 //! directory), [`postgres`] (many machines). [`open`] picks one from a URL. Nothing here knows
 //! about training: trials are records.
 
+#[doc(hidden)]
+pub mod conformance;
 pub mod memory;
 pub mod record;
 pub mod run_dir;
@@ -32,6 +34,9 @@ pub use run_dir::{
     write_atomic, write_run_info,
 };
 pub use url::StoreUrl;
+
+#[cfg(test)]
+mod tests;
 
 /// The schema this build writes. A store with a newer one is refused (a newer dsnn-hpo wrote it);
 /// an older one is upgraded when opened, once later versions exist.
