@@ -22,6 +22,7 @@ pub mod conformance;
 pub mod memory;
 pub mod record;
 pub mod run_dir;
+pub mod sqlite;
 pub mod url;
 
 use serde::{Deserialize, Serialize};
@@ -281,10 +282,7 @@ pub trait Store: Send {
 /// `postgresql://user[:password]@host[:port]/db`, `memory://` (this process only).
 pub fn open(url: &str) -> Result<Box<dyn Store>, StoreError> {
     match StoreUrl::parse(url)? {
-        StoreUrl::Sqlite(_) => Err(StoreError::Backend {
-            url: url::hide_password(url),
-            message: "SQLite support is not built in this release yet".into(),
-        }),
+        StoreUrl::Sqlite(path) => Ok(Box::new(sqlite::SqliteStore::open(&path)?)),
         StoreUrl::Postgres(_) => Err(StoreError::Backend {
             url: url::hide_password(url),
             message: "PostgreSQL support is not built in this release yet".into(),
