@@ -20,6 +20,7 @@
 #[doc(hidden)]
 pub mod conformance;
 pub mod memory;
+pub mod postgres;
 pub mod record;
 pub mod run_dir;
 pub mod sqlite;
@@ -283,10 +284,7 @@ pub trait Store: Send {
 pub fn open(url: &str) -> Result<Box<dyn Store>, StoreError> {
     match StoreUrl::parse(url)? {
         StoreUrl::Sqlite(path) => Ok(Box::new(sqlite::SqliteStore::open(&path)?)),
-        StoreUrl::Postgres(_) => Err(StoreError::Backend {
-            url: url::hide_password(url),
-            message: "PostgreSQL support is not built in this release yet".into(),
-        }),
+        StoreUrl::Postgres(url) => Ok(Box::new(postgres::PostgresStore::open(&url)?)),
         StoreUrl::Memory => Ok(Box::new(memory::MemoryStore::new())),
     }
 }
