@@ -164,32 +164,32 @@ impl Store for MemoryStore {
     ) -> Result<Claim, StoreError> {
         let mut inner = self.lock()?;
         let t = now();
-        // Take away silent leases.
-        let (leases, mut failed) = {
-            let (rec, s) = inner.study_mut(study)?;
-            let leases = rec.study.leases;
-            let mut failed = Vec::new();
-            for ts in s.trials.values_mut() {
-                if let State::Running {
-                    heartbeat_at,
-                    owner,
-                    ..
-                } = &ts.state
-                    && t - heartbeat_at > leases.grace_s
-                {
-                    ts.stale += 1;
-                    if ts.stale > leases.max_retries {
-                        failed.push(TrialLine::failed_silent(&ts.trial, ts.stale, owner, t));
-                        ts.state = State::Done;
-                    } else {
-                        ts.state = State::Queued;
-                    }
+        // Take away silent leases, remembering what changed: a failing `decide` undoes it all.
+        let seq_before = inner.next_seq;
+        let (rec, s) = inner.study_mut(study)?;
+        let leases = rec.study.leases;
+        let events_before = s.events.len();
+        let mut undo = Vec::new();
+        let mut failed = Vec::new();
+        for (id, ts) in s.trials.iter_mut() {
+            if let State::Running {
+                heartbeat_at,
+                owner,
+                ..
+            } = &ts.state
+                && t - heartbeat_at > leases.grace_s
+            {
+                undo.push((*id, ts.clone()));
+                ts.stale += 1;
+                if ts.stale > leases.max_retries {
+                    failed.push(TrialLine::failed_silent(&ts.trial, ts.stale, owner, t));
+                    ts.state = State::Done;
+                } else {
+                    ts.state = State::Queued;
                 }
             }
-            (leases, failed)
-        };
-        let _ = leases;
-        for line in failed.drain(..) {
+        }
+        for line in failed {
             inner.push(
                 study,
                 EventKind::Tell {
@@ -197,6 +197,13 @@ impl Store for MemoryStore {
                 },
             )?;
         }
+        let rollback = |inner: &mut Inner, undo: Vec<(u64, TrialState)>| {
+            inner.next_seq = seq_before;
+            if let Ok((_, s)) = inner.study_mut(study) {
+                s.events.truncate(events_before);
+                s.trials.extend(undo);
+            }
+        };
         let (_, s) = inner.study_mut(study)?;
         let queued = s
             .trials
@@ -219,10 +226,21 @@ impl Store for MemoryStore {
             }));
         }
         let events: Vec<Event> = s.events.iter().filter(|e| e.seq > since).cloned().collect();
-        match decide(&events).map_err(StoreError::Decide)? {
-            Decision::Wait => Ok(Claim::Wait),
-            Decision::Done => Ok(Claim::Done),
-            Decision::Run(trial) => {
+        let decision = match decide(&events) {
+            Ok(Decision::Run(trial)) if s.trials.contains_key(&trial.id) => Err(format!(
+                "the optimizer asked for trial {} again (it was asked before)",
+                trial.id
+            )),
+            other => other,
+        };
+        match decision {
+            Err(message) => {
+                rollback(&mut inner, undo);
+                Err(StoreError::Decide(message))
+            }
+            Ok(Decision::Wait) => Ok(Claim::Wait),
+            Ok(Decision::Done) => Ok(Claim::Done),
+            Ok(Decision::Run(trial)) => {
                 let token = new_token();
                 inner.push(
                     study,

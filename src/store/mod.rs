@@ -17,9 +17,13 @@
 //! directory), [`postgres`] (many machines). [`open`] picks one from a URL. Nothing here knows
 //! about training: trials are records.
 
+#[doc(hidden)]
+pub mod conformance;
 pub mod memory;
+pub mod postgres;
 pub mod record;
 pub mod run_dir;
+pub mod sqlite;
 pub mod url;
 
 use serde::{Deserialize, Serialize};
@@ -32,6 +36,9 @@ pub use run_dir::{
     write_atomic, write_run_info,
 };
 pub use url::StoreUrl;
+
+#[cfg(test)]
+mod tests;
 
 /// The schema this build writes. A store with a newer one is refused (a newer dsnn-hpo wrote it);
 /// an older one is upgraded when opened, once later versions exist.
@@ -276,14 +283,8 @@ pub trait Store: Send {
 /// `postgresql://user[:password]@host[:port]/db`, `memory://` (this process only).
 pub fn open(url: &str) -> Result<Box<dyn Store>, StoreError> {
     match StoreUrl::parse(url)? {
-        StoreUrl::Sqlite(_) => Err(StoreError::Backend {
-            url: url::hide_password(url),
-            message: "SQLite support is not built in this release yet".into(),
-        }),
-        StoreUrl::Postgres(_) => Err(StoreError::Backend {
-            url: url::hide_password(url),
-            message: "PostgreSQL support is not built in this release yet".into(),
-        }),
+        StoreUrl::Sqlite(path) => Ok(Box::new(sqlite::SqliteStore::open(&path)?)),
+        StoreUrl::Postgres(url) => Ok(Box::new(postgres::PostgresStore::open(&url)?)),
         StoreUrl::Memory => Ok(Box::new(memory::MemoryStore::new())),
     }
 }
