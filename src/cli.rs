@@ -8,6 +8,7 @@ use crate::commands::energy::EnergyCmdArgs;
 #[cfg(feature = "dsnn")]
 use crate::commands::optimize::OptimizeArgs;
 use crate::commands::pareto::ParetoArgs;
+use crate::commands::study::StudyArgs;
 #[cfg(feature = "dsnn")]
 use crate::commands::train::TrainArgs;
 #[cfg(feature = "dsnn")]
@@ -35,6 +36,9 @@ pub enum Command {
     /// Report a search: its Pareto front as a table (or CSV, JSON), sorted by loss, the default
     /// DSNN marked and the best improvements against it; `--plot` draws the trials as SVG.
     Pareto(ParetoArgs),
+    /// The studies of a store: create one for workers to join, list, show progress and running
+    /// trials, export the trial log (JSON lines and CSV).
+    Study(StudyArgs),
     /// Print a network's layer table: which layers are shift layers, parameters, MACs and
     /// shift-adds per image.
     Describe(DescribeArgs),

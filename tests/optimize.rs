@@ -405,8 +405,7 @@ fn two_workers_finish_every_trial_once_and_a_killed_parallel_run_resumes() {
     );
     let before = ids(&dir);
     assert!(before.len() >= 2, "killed after {before:?}");
-    let asks = std::fs::read_to_string(dir.join("asks.jsonl")).unwrap();
-    assert!(asks.lines().count() >= before.len(), "{asks}");
+    assert!(asked(&dir).len() >= before.len());
 
     // Resume with one worker: the replay follows the recorded interleaving.
     let o = run(&[
@@ -436,13 +435,62 @@ fn two_workers_finish_every_trial_once_and_a_killed_parallel_run_resumes() {
             assert!(parent.budget < t.budget, "{p} -> {}", t.id);
         }
     }
-    let asks: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("asks.jsonl"))
+    let mut asked = asked(&dir);
+    asked.retain(|id| *id < BASELINE_IDS);
+    assert_eq!(asked, (0..7).collect::<Vec<u64>>());
+}
+
+/// The trial ids of the decisions in a run directory's study store, in log order.
+fn asked(dir: &Path) -> Vec<u64> {
+    let url = format!("sqlite://{}", dir.join("study.db").display());
+    let mut s = dsnn_hpo::store::open(&url).unwrap();
+    let name = s.studies().unwrap().remove(0);
+    s.events(&name, 0)
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            dsnn_hpo::store::EventKind::Ask { trial } => Some(trial.id),
+            dsnn_hpo::store::EventKind::Tell { .. } => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_run_directory_of_the_previous_release_is_converted_on_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let text = std::fs::read_to_string(format!("{root}/configs/command-objective.toml"))
+        .unwrap()
+        .replace(
+            "examples/objective.py",
+            &format!("{root}/examples/objective.py"),
+        )
+        .replace("trials = 20", "trials = 10");
+    let cfg = write_config(tmp.path(), &text);
+    let straight = tmp.path().join("straight");
+    optimize_ok(&cfg, &straight, &[]);
+    let expected = essence(&straight);
+    // The previous release's files: run.json, the first 5 finished trials, and asks.jsonl with
+    // one more ask that never finished (killed while running).
+    let old = tmp.path().join("old");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::copy(straight.join("run.json"), old.join("run.json")).unwrap();
+    let lines: Vec<String> = std::fs::read_to_string(straight.join("trials.jsonl"))
         .unwrap()
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+        .take(5)
+        .map(|l| format!("{l}\n"))
         .collect();
-    let asked: Vec<u64> = asks.iter().map(|a| a["id"].as_u64().unwrap()).collect();
-    assert_eq!(asked, (0..7).collect::<Vec<u64>>());
+    std::fs::write(old.join("trials.jsonl"), lines.concat()).unwrap();
+    let asks: String = (0..6)
+        .map(|id| format!("{{\"id\":{id},\"told\":{}}}\n", id.min(5)))
+        .collect();
+    std::fs::write(old.join("asks.jsonl"), asks).unwrap();
+    let o = run(&["optimize", "--resume", old.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert!(said.contains("converted to a study store"), "{said}");
+    assert_eq!(essence(&old), expected, "the converted run differs");
 }
 
 #[test]

@@ -5,6 +5,7 @@ pub mod energy;
 #[cfg(feature = "dsnn")]
 pub mod optimize;
 pub mod pareto;
+pub mod study;
 #[cfg(feature = "dsnn")]
 pub mod train;
 #[cfg(feature = "dsnn")]
@@ -27,6 +28,7 @@ pub fn run(command: Command, out: &mut dyn Write) -> Result<(), Error> {
         #[cfg(feature = "dsnn")]
         Command::Worker(args) => worker::run(&args, out),
         Command::Pareto(args) => pareto::run(&args, out),
+        Command::Study(args) => study::run(&args, out),
         Command::Bench(args) => {
             crate::opt::bench::run(&args, out)?;
             Ok(())

@@ -21,8 +21,18 @@ pub enum Format {
 #[derive(Debug, Args)]
 pub struct ParetoArgs {
     /// Run directory written by `dsnn-hpo optimize` (holds run.json and trials.jsonl).
-    #[arg(long, value_name = "DIR")]
-    pub run: PathBuf,
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "storage",
+        conflicts_with = "storage"
+    )]
+    pub run: Option<PathBuf>,
+    /// Or a study in a store: `--storage URL --study NAME`.
+    #[arg(long, value_name = "URL", requires = "study")]
+    pub storage: Option<String>,
+    #[arg(long, value_name = "NAME", requires = "storage")]
+    pub study: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
@@ -33,7 +43,23 @@ pub struct ParetoArgs {
 }
 
 pub fn run(args: &ParetoArgs, out: &mut dyn Write) -> Result<(), Error> {
-    let run = Run::load(&args.run)?;
+    let run = match (&args.run, &args.storage, &args.study) {
+        (Some(dir), _, _) => Run::load(dir)?,
+        (None, Some(url), Some(name)) => {
+            let mut s = crate::store::open(url)?;
+            let rec = s.study(name)?;
+            let lines = crate::store::finished_lines(s.as_mut(), name)?;
+            let label = format!("study \"{name}\" in {}", s.url());
+            Run::from_records(&label, rec.study.info, lines)?
+        }
+        _ => {
+            return Err(Error::Flag {
+                flag: "pareto",
+                value: "(no --run)".into(),
+                expected: "give --run DIR, or --storage URL --study NAME",
+            });
+        }
+    };
     let report = Report::new(&run);
     if let Some(path) = &args.plot {
         svg::write_svg(&report, path)?;

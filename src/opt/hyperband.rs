@@ -29,6 +29,11 @@ const EPS: f64 = 1e-9;
 pub enum Schedule {
     Hyperband,
     SuccessiveHalving,
+    /// Asynchronous successive halving (Li et al., MLSys 2020): no rung barrier. A free worker
+    /// promotes the best not yet promoted trial of the highest rung that has one among its top
+    /// 1/eta (non-dominated sorting + crowding distance), else starts a new configuration at the
+    /// lowest budget. Workers never wait for a rung to fill.
+    Asha,
 }
 
 /// The fidelity range and how it is scheduled.
@@ -121,7 +126,7 @@ impl Budgets {
     pub fn plan(&self) -> Vec<Vec<RungPlan>> {
         match self.schedule {
             Schedule::Hyperband => (0..=self.s_max()).rev().map(|s| self.bracket(s)).collect(),
-            Schedule::SuccessiveHalving => vec![self.bracket(self.s_max())],
+            Schedule::SuccessiveHalving | Schedule::Asha => vec![self.bracket(self.s_max())],
         }
     }
 }
@@ -324,11 +329,27 @@ pub struct Scheduler {
     next_id: u64,
     open: Vec<Bracket>,
     where_is: HashMap<u64, (u64, usize)>,
+    /// ASHA's rungs (lowest budget first), when the schedule is asynchronous.
+    asha: Vec<AshaRung>,
 }
+
+/// One budget of ASHA: everything ever run at it, and who was promoted out of it.
+#[derive(Debug, Clone)]
+struct AshaRung {
+    budget: f64,
+    members: Vec<Member>,
+    promoted: std::collections::HashSet<u64>,
+}
+
+/// ASHA's bracket id in slots (there is one, never finished).
+const ASHA_BRACKET: u64 = 0;
 
 impl Scheduler {
     pub fn new(budgets: Budgets) -> Result<Self, BudgetError> {
         budgets.validate()?;
+        let (self_schedule, s_max) = (budgets.schedule, budgets.s_max());
+        let b = budgets.clone();
+        let budget_of = move |k: usize| b.budget(k);
         Ok(Scheduler {
             plan: budgets.plan(),
             budgets,
@@ -336,6 +357,65 @@ impl Scheduler {
             next_id: 0,
             open: Vec::new(),
             where_is: HashMap::new(),
+            asha: if self_schedule == Schedule::Asha {
+                (0..=s_max)
+                    .rev()
+                    .map(|k| AshaRung {
+                        budget: budget_of(k),
+                        members: Vec::new(),
+                        promoted: Default::default(),
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+        })
+    }
+
+    /// ASHA's next work: a promotion from the highest rung that has one, else a new
+    /// configuration (when `open_new`).
+    fn asha_slot(&self, open_new: bool) -> Option<Slot> {
+        let eta = self.budgets.eta;
+        for r in (0..self.asha.len().saturating_sub(1)).rev() {
+            let rung = &self.asha[r];
+            let done: Vec<&Member> = rung
+                .members
+                .iter()
+                .filter(|m| !matches!(m.result, Status::Pending))
+                .collect();
+            let k = (done.len() as f64 / eta + EPS).floor() as usize;
+            if k == 0 {
+                continue;
+            }
+            let candidates: Vec<Candidate> = done
+                .iter()
+                .map(|m| Candidate {
+                    trial: m.trial,
+                    budget: rung.budget,
+                    costs: match &m.result {
+                        Status::Success(c) | Status::Infeasible(c) => Some(c.as_slice()),
+                        _ => None,
+                    },
+                    feasible: !matches!(m.result, Status::Infeasible(_)),
+                })
+                .collect();
+            if let Some(from) = select_for_promotion(&candidates, k)
+                .into_iter()
+                .find(|t| !rung.promoted.contains(t))
+            {
+                return Some(Slot {
+                    bracket: ASHA_BRACKET,
+                    rung: r + 1,
+                    budget: self.asha[r + 1].budget,
+                    kind: SlotKind::Promote { from },
+                });
+            }
+        }
+        open_new.then(|| Slot {
+            bracket: ASHA_BRACKET,
+            rung: 0,
+            budget: self.asha[0].budget,
+            kind: SlotKind::New,
         })
     }
 
@@ -345,6 +425,9 @@ impl Scheduler {
 
     /// Next work in the oldest bracket that has some; opens the next bracket if none has and `open_new`.
     pub fn next_slot(&mut self, open_new: bool) -> Option<Slot> {
+        if !self.asha.is_empty() {
+            return self.asha_slot(open_new);
+        }
         if let Some(slot) = self.open.iter().find_map(Bracket::work) {
             return Some(slot);
         }
@@ -376,6 +459,19 @@ impl Scheduler {
 
     /// Records that `trial` fills `slot` (as returned by the last [`Scheduler::next_slot`]).
     pub fn claim(&mut self, slot: &Slot, trial: u64) {
+        if !self.asha.is_empty() {
+            if let SlotKind::Promote { from } = slot.kind
+                && let Some(below) = slot.rung.checked_sub(1)
+            {
+                self.asha[below].promoted.insert(from);
+            }
+            self.asha[slot.rung].members.push(Member {
+                trial,
+                result: Status::Pending,
+            });
+            self.where_is.insert(trial, (ASHA_BRACKET, slot.rung));
+            return;
+        }
         let Some(bracket) = self.open.iter_mut().find(|b| b.id == slot.bracket) else {
             return;
         };
@@ -408,6 +504,16 @@ impl Scheduler {
         let Some((bracket_id, rung)) = self.where_is.remove(&trial) else {
             return;
         };
+        if !self.asha.is_empty() {
+            if let Some(m) = self.asha[rung]
+                .members
+                .iter_mut()
+                .find(|m| m.trial == trial)
+            {
+                m.result = status;
+            }
+            return;
+        }
         let eta = self.budgets.eta;
         if let Some(bracket) = self.open.iter_mut().find(|b| b.id == bracket_id) {
             if let Some(m) = bracket.rungs[rung]
@@ -436,6 +542,88 @@ impl Scheduler {
     /// Brackets started and not finished.
     pub fn open_brackets(&self) -> usize {
         self.open.len()
+    }
+}
+
+#[cfg(test)]
+mod asha_tests {
+    use super::*;
+
+    fn asha() -> Scheduler {
+        Scheduler::new(Budgets {
+            min: 1.0,
+            max: 9.0,
+            eta: 3.0,
+            schedule: Schedule::Asha,
+            integer: true,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn asha_never_waits_and_promotes_the_best_third_without_a_barrier() {
+        let mut s = asha();
+        // Three new configurations at the lowest budget, all still running: still new work.
+        for id in 0..3 {
+            let slot = s.next_slot(true).unwrap();
+            assert_eq!((slot.kind, slot.budget), (SlotKind::New, 1.0));
+            s.claim(&slot, id);
+        }
+        assert_eq!(s.next_slot(true).unwrap().kind, SlotKind::New);
+        // Two finish: 2 / 3 rounds down to no promotion yet.
+        s.report(0, Some(vec![0.5, 0.5]));
+        s.report(1, Some(vec![0.9, 0.9]));
+        assert_eq!(s.next_slot(true).unwrap().kind, SlotKind::New);
+        // The third finishes while nothing else does: trial 2 (dominating) goes up at once.
+        s.report(2, Some(vec![0.1, 0.1]));
+        let slot = s.next_slot(true).unwrap();
+        assert_eq!(
+            (slot.kind, slot.budget),
+            (SlotKind::Promote { from: 2 }, 3.0)
+        );
+        s.claim(&slot, 3);
+        // Promoted once only; the rung's top third is used up, so new work again.
+        assert_eq!(s.next_slot(true).unwrap().kind, SlotKind::New);
+        // Without new configurations allowed and nothing to promote, there is no work.
+        assert_eq!(s.next_slot(false), None);
+        // Three failures make six finished: the top two may go up, and the second is trial 0,
+        // never a failed one.
+        for id in 4..7 {
+            let slot = s.next_slot(true).unwrap();
+            assert_eq!(slot.kind, SlotKind::New);
+            s.claim(&slot, id);
+            s.report(id, None);
+        }
+        let slot = s.next_slot(false).unwrap();
+        assert_eq!(slot.kind, SlotKind::Promote { from: 0 });
+        s.claim(&slot, 7);
+        assert_eq!(s.next_slot(false), None);
+    }
+
+    #[test]
+    fn asha_promotes_from_the_highest_rung_first() {
+        let mut s = asha();
+        let mut id = 0;
+        let mut run = |s: &mut Scheduler, cost: f64| {
+            let slot = s.next_slot(true).unwrap();
+            s.claim(&slot, id);
+            s.report(id, Some(vec![cost, cost]));
+            id += 1;
+            slot
+        };
+        // Nine at budget 1 and their three promotions to budget 3, in order of cost.
+        let mut budgets = Vec::new();
+        for k in 0..12 {
+            budgets.push(run(&mut s, f64::from(k)).budget);
+        }
+        assert!(budgets.contains(&3.0));
+        // Once the budget-3 rung has three finished, the next work is a promotion to 9.
+        let mut next = s.next_slot(true).unwrap();
+        while next.budget < 9.0 {
+            run(&mut s, 100.0);
+            next = s.next_slot(true).unwrap();
+        }
+        assert!(matches!(next.kind, SlotKind::Promote { .. }), "{next:?}");
     }
 }
 

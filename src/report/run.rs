@@ -84,6 +84,24 @@ impl Run {
             },
             e => input(trials_path.clone(), detail(e), TRIALS_FILE),
         })?;
+        Run::checked(dir.to_path_buf(), trials_path, info, trials)
+    }
+
+    /// A study read from a store: `label` names it in messages (e.g. `study "x" in sqlite://...`).
+    pub fn from_records(
+        label: &str,
+        info: RunInfo,
+        trials: Vec<TrialLine>,
+    ) -> Result<Run, ReportError> {
+        Run::checked(PathBuf::from(label), PathBuf::from(label), info, trials)
+    }
+
+    fn checked(
+        dir: PathBuf,
+        trials_path: PathBuf,
+        info: RunInfo,
+        trials: Vec<TrialLine>,
+    ) -> Result<Run, ReportError> {
         let n = info.objectives.len();
         for t in &trials {
             // Infeasible trials too: the default's may be compared against and the plot draws them.
@@ -126,11 +144,7 @@ impl Run {
                 "at least one successful or infeasible trial",
             ));
         }
-        Ok(Run {
-            dir: dir.to_path_buf(),
-            info,
-            trials,
-        })
+        Ok(Run { dir, info, trials })
     }
 }
 

@@ -136,6 +136,15 @@ fn unpack(bytes: &[u8], dir: &Path) -> Result<(), Error> {
     std::fs::rename(&tmp, dir).map_err(err)
 }
 
+/// Tells the heartbeat thread to stop when dropped.
+struct StopOnDrop(Sender<()>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
 /// A trial a worker finished (or could not run).
 struct Finished {
     worker: usize,
@@ -260,6 +269,8 @@ impl<'a> Executor<'a> {
         });
         let mut heart = self.store.connect_again()?;
         let (beat_stop_tx, beat_stop_rx) = mpsc::channel::<()>();
+        // Dropped on every way out of the loop below, which stops the heartbeat thread.
+        let beat_stop = StopOnDrop(beat_stop_tx);
         let mut finished_here = 0usize;
         let mut stop = StopReason::TrialsDone;
         let mut fatal: Option<Error> = None;
@@ -420,7 +431,7 @@ impl<'a> Executor<'a> {
                     }
                 }
             }
-            let _ = beat_stop_tx.send(());
+            drop(beat_stop);
             // Hand back what is still running (interrupted, or an error): others take it now.
             let leases: Vec<Lease> = held
                 .lock()

@@ -125,6 +125,24 @@ impl<'a> Objective<'a> {
         }
     }
 
+    /// What the study's records mean: the objectives' names and sources (from an evaluator that
+    /// evaluates nothing), the default configuration and the settings' hash.
+    fn run_info(
+        &self,
+        default_config: &crate::space::Config,
+        hash: String,
+    ) -> Result<RunInfo, Error> {
+        let probe = self.evaluator(0, None, Box::new(crate::train::Quiet))?;
+        Ok(RunInfo {
+            objectives: probe.objective_names(),
+            objective_sources: probe.objective_sources(),
+            default_config: default_config.clone(),
+            meta_hash: hash,
+            config_toml: toml::to_string(self.cfg).unwrap_or_default(),
+            constraint_reference: self.constraints.reference.clone(),
+        })
+    }
+
     fn on_gpu(&self) -> bool {
         self.device.is_some_and(DeviceChoice::is_gpu)
     }
@@ -149,6 +167,75 @@ impl<'a> Objective<'a> {
             .unwrap_or((0.0, 0.0));
         m.insert(line.id, (r.energy_kwh + pk, r.emissions_kg + pg));
     }
+}
+
+/// A study as a configuration describes it.
+fn new_study(cfg: &RunConfig, name: &str, info: RunInfo, data: Option<&LoadedData>) -> NewStudy {
+    NewStudy {
+        name: name.to_string(),
+        info,
+        leases: LeaseSettings {
+            heartbeat_s: cfg.study.heartbeat_s,
+            grace_s: cfg.study.grace_s,
+            max_retries: cfg.study.max_retries,
+        },
+        data_fingerprint: data.map(LoadedData::fingerprint),
+        version: env!("CARGO_PKG_VERSION").into(),
+    }
+}
+
+/// Creates the study a configuration describes in `storage` without working on it
+/// (`dsnn-hpo study create`); workers join it with `dsnn-hpo worker`.
+pub fn create_study(
+    cfg: &RunConfig,
+    config_path: &Path,
+    storage: &str,
+    name: &str,
+) -> Result<StudyRecord, Error> {
+    let mut store = store::open(storage)?;
+    let is_dsnn = cfg.objective.kind == "dsnn";
+    let data = if is_dsnn {
+        Some(cfg.data.load()?)
+    } else {
+        None
+    };
+    let space = search_space(cfg, data.as_ref(), config_path)?;
+    let default_config = space.default_config();
+    let tracker = EnergyTracker::from_config(&cfg.energy)?;
+    let device: Option<DeviceChoice> = if is_dsnn {
+        Some(cfg.device.parse()?)
+    } else {
+        None
+    };
+    let constraints = match (&data, device) {
+        (Some(data), Some(device)) if !cfg.constraints.is_empty() => {
+            constraints_of(cfg, data, &default_config, None, &tracker, device)?
+        }
+        _ => Constraints::default(),
+    };
+    let objective = Objective {
+        cfg,
+        data: data.as_ref(),
+        tracker: &tracker,
+        checkpoints: std::env::temp_dir(),
+        config_path,
+        workers: 1,
+        device,
+        training_energy: Arc::default(),
+        constraints,
+    };
+    let info = objective.run_info(&default_config, meta_hash(cfg)?)?;
+    // The optimizer must accept the configuration before anyone works on it.
+    optimizer_of(
+        cfg,
+        space,
+        info.objectives.len(),
+        data.as_ref(),
+        &objective.constraints,
+        config_path,
+    )?;
+    store.create_study(&new_study(cfg, name, info, data.as_ref()))?;
+    Ok(store.study(name)?)
 }
 
 /// The optimizer a study's configuration describes, with its known-ahead constraint.
@@ -369,17 +456,7 @@ pub fn optimize(cfg: &RunConfig, opts: &OptimizeOptions) -> Result<Summary, Erro
         training_energy: Arc::new(Mutex::new(HashMap::new())),
         constraints,
     };
-    // The objective's names and sources, from an evaluator that evaluates nothing.
-    let probe = objective.evaluator(0, None, Box::new(crate::train::Quiet))?;
-    let info = RunInfo {
-        objectives: probe.objective_names(),
-        objective_sources: probe.objective_sources(),
-        default_config: default_config.clone(),
-        meta_hash: hash,
-        config_toml: toml::to_string(cfg).unwrap_or_default(),
-        constraint_reference: objective.constraints.reference.clone(),
-    };
-    drop(probe);
+    let info = objective.run_info(&default_config, hash)?;
     let n_objectives = info.objectives.len();
     let make_smbo = || {
         optimizer_of(
@@ -394,17 +471,7 @@ pub fn optimize(cfg: &RunConfig, opts: &OptimizeOptions) -> Result<Summary, Erro
     let record = match existing {
         Some(rec) => rec,
         None => {
-            let new = NewStudy {
-                name: name.clone(),
-                info: info.clone(),
-                leases: LeaseSettings {
-                    heartbeat_s: cfg.study.heartbeat_s,
-                    grace_s: cfg.study.grace_s,
-                    max_retries: cfg.study.max_retries,
-                },
-                data_fingerprint: data.as_ref().map(LoadedData::fingerprint),
-                version: env!("CARGO_PKG_VERSION").into(),
-            };
+            let new = new_study(cfg, &name, info.clone(), data.as_ref());
             let events = if legacy {
                 legacy_events(dir, make_smbo()?)?
             } else {

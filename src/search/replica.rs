@@ -60,6 +60,9 @@ impl Replica {
             }
             match &e.kind {
                 EventKind::Ask { trial } if trial.id >= BASELINE_IDS => {
+                    if self.own.front() == Some(trial) {
+                        self.own.pop_front();
+                    }
                     self.baseline_asked += 1;
                     self.baseline_pending.insert(trial.id, trial.clone());
                 }

@@ -295,3 +295,15 @@ pub fn new_token() -> String {
     let mut rng = rand::rng();
     format!("{:016x}{:016x}", rng.random::<u64>(), rng.random::<u64>())
 }
+
+/// The finished trials of a study, in log order.
+pub fn finished_lines(store: &mut dyn Store, study: &str) -> Result<Vec<TrialLine>, StoreError> {
+    Ok(store
+        .events(study, 0)?
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            EventKind::Tell { line } => Some(*line),
+            EventKind::Ask { .. } => None,
+        })
+        .collect())
+}

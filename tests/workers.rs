@@ -1,0 +1,305 @@
+//! `dsnn-hpo worker` processes on one study, as users start them: several at once, some killed
+//! (kill -9) in the middle of trials and replaced, one stopped (SIGSTOP) past its grace period.
+//! The objective is a command that sleeps, so the test measures the coordination, not training.
+//! PostgreSQL needs `DSNN_HPO_TEST_POSTGRES`; SQLite runs everywhere.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dsnn_hpo::store::postgres::TestSchemas;
+use dsnn_hpo::store::{self, EventKind, TrialStatus};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_dsnn-hpo"))
+}
+
+/// A study of a sleeping command objective: each trial sleeps `per_epoch` s per budget unit.
+fn write_config(dir: &Path, trials: usize, per_epoch: f64, grace_s: f64) -> std::path::PathBuf {
+    let path = dir.join("study.toml");
+    let text = format!(
+        r#"name = "sleepy"
+[objective]
+kind = "command"
+shell = "python3 -c \"import json,sys,time; t=json.loads(sys.stdin.readline()); time.sleep({per_epoch}*t['budget']); x=t['config']['x']; print(json.dumps({{'loss': (1-x)**2 + 1/(1+t['budget']), 'energy': x*t['budget']}}))\""
+names = ["loss", "energy"]
+timeout_s = 60
+
+[search]
+trials = {trials}
+seed = 3
+
+[fidelity]
+min_epochs = 1
+max_epochs = 9
+eta = 3
+
+[study]
+heartbeat_s = 0.25
+grace_s = {grace_s}
+max_retries = 2
+
+[[space]]
+name = "x"
+type = "float"
+low = 0.0
+high = 1.0
+default = 0.5
+"#
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+fn create(url: &str, config: &Path) {
+    let out = bin()
+        .args([
+            "study",
+            "create",
+            "--storage",
+            url,
+            "--study",
+            "s",
+            "--config",
+        ])
+        .arg(config)
+        .output()
+        .expect("run study create");
+    assert!(
+        out.status.success(),
+        "study create failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn worker(url: &str) -> Child {
+    bin()
+        .args(["worker", "--storage", url, "--study", "s", "--quiet"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start worker")
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wait_all(children: Vec<Child>, limit: Duration) -> Vec<String> {
+    let t0 = Instant::now();
+    let mut stderrs = Vec::new();
+    for mut c in children {
+        loop {
+            if let Some(status) = c.try_wait().expect("wait") {
+                let mut err = String::new();
+                if let Some(mut e) = c.stderr.take() {
+                    use std::io::Read;
+                    let _ = e.read_to_string(&mut err);
+                }
+                assert!(status.success(), "a worker failed ({status}): {err}");
+                stderrs.push(err);
+                break;
+            }
+            if t0.elapsed() > limit {
+                let _ = c.kill();
+                panic!("a worker did not finish within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    stderrs
+}
+
+/// Every asked trial finished exactly once, no finish without an ask, no configuration and
+/// budget twice; returns the finished trials' ids.
+fn check_exactly_once(url: &str, trials: usize) -> BTreeSet<u64> {
+    let mut s = store::open(url).expect("open store");
+    let events = s.events("s", 0).expect("events");
+    let mut asked = BTreeSet::new();
+    let mut told: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut pairs = BTreeSet::new();
+    for e in &events {
+        match &e.kind {
+            EventKind::Ask { trial } => {
+                assert!(asked.insert(trial.id), "trial {} asked twice", trial.id)
+            }
+            EventKind::Tell { line } => {
+                assert!(
+                    asked.contains(&line.id),
+                    "trial {} finished, never asked",
+                    line.id
+                );
+                *told.entry(line.id).or_default() += 1;
+                assert_eq!(
+                    line.status,
+                    TrialStatus::Success,
+                    "trial {}: {:?}",
+                    line.id,
+                    line.reason
+                );
+                let key = (
+                    serde_json::to_string(&line.config).expect("json"),
+                    line.budget.to_bits(),
+                );
+                assert!(
+                    pairs.insert(key),
+                    "configuration x budget of trial {} ran twice",
+                    line.id
+                );
+            }
+        }
+    }
+    assert_eq!(
+        told.keys().copied().collect::<BTreeSet<_>>(),
+        asked,
+        "asked but not finished"
+    );
+    assert!(
+        told.values().all(|&n| n == 1),
+        "a trial finished twice: {told:?}"
+    );
+    let optimizer_trials = asked.iter().filter(|&&id| id < store::BASELINE_IDS).count();
+    assert_eq!(optimizer_trials, trials, "the study's trial count");
+    assert!(s.running("s").expect("running").is_empty());
+    assert!(s.queued("s").expect("queued").is_empty());
+    asked
+}
+
+fn killed_workers_lose_nothing(url: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(dir.path(), 24, 0.15, 30.0);
+    create(url, &config);
+    let mut workers: Vec<Child> = (0..4).map(|_| worker(url)).collect();
+    let mut s = store::open(url).expect("open store");
+    // Kill two workers while each holds a trial.
+    let mut victims = Vec::new();
+    wait_until(
+        "two workers running trials",
+        Duration::from_secs(60),
+        || {
+            let running = s.running("s").expect("running");
+            victims = workers
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| running.iter().any(|r| r.lease.owner.pid == w.id()))
+                .map(|(k, _)| k)
+                .take(2)
+                .collect();
+            victims.len() == 2
+        },
+    );
+    let held: Vec<u64> = s
+        .running("s")
+        .expect("running")
+        .into_iter()
+        .filter(|r| {
+            victims
+                .iter()
+                .any(|&k| workers[k].id() == r.lease.owner.pid)
+        })
+        .map(|r| r.lease.trial.id)
+        .collect();
+    for &k in victims.iter().rev() {
+        let mut w = workers.remove(k);
+        w.kill().expect("kill -9");
+        w.wait().expect("reap");
+    }
+    // Replacements; they hand the dead processes' trials back at once (same host).
+    workers.push(worker(url));
+    workers.push(worker(url));
+    wait_all(workers, Duration::from_secs(180));
+    let finished = check_exactly_once(url, 24);
+    for id in held {
+        assert!(
+            finished.contains(&id),
+            "trial {id} of a killed worker never finished"
+        );
+    }
+}
+
+#[test]
+fn sqlite_workers_killed_mid_trial_lose_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("study.db").display());
+    killed_workers_lose_nothing(&url);
+}
+
+#[test]
+fn postgres_workers_killed_mid_trial_lose_nothing() {
+    let Some(db) = TestSchemas::from_env() else {
+        return;
+    };
+    killed_workers_lose_nothing(&db.fresh_url());
+}
+
+/// A worker stopped past the grace period loses its trial to another, and its late result is
+/// refused when it wakes.
+fn stopped_worker_is_fenced(url: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Trials long enough (budget 1: 2 s) to stop a worker inside one.
+    let config = write_config(dir.path(), 4, 2.0, 1.0);
+    create(url, &config);
+    let a = worker(url);
+    let mut s = store::open(url).expect("open store");
+    let mut trial = None;
+    wait_until("the worker to run a trial", Duration::from_secs(60), || {
+        trial = s
+            .running("s")
+            .expect("running")
+            .into_iter()
+            .find(|r| r.lease.owner.pid == a.id())
+            .map(|r| r.lease.trial.id);
+        trial.is_some()
+    });
+    let trial = trial.expect("a running trial");
+    let pid = a.id().to_string();
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    // Past the grace period another worker takes the trial over and finishes it.
+    let b = worker(url);
+    wait_until(
+        "the trial to be finished by the other worker",
+        Duration::from_secs(60),
+        || {
+            store::finished_lines(s.as_mut(), "s")
+                .expect("lines")
+                .iter()
+                .any(|l| l.id == trial)
+        },
+    );
+    signal("-CONT");
+    let stderrs = wait_all(vec![a, b], Duration::from_secs(180));
+    assert!(
+        stderrs[0].contains(&format!("trial {trial}: result refused")),
+        "the stopped worker's late result was not refused: {}",
+        stderrs[0]
+    );
+    check_exactly_once(url, 4);
+}
+
+#[test]
+fn sqlite_stopped_worker_is_fenced() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("study.db").display());
+    stopped_worker_is_fenced(&url);
+}
+
+#[test]
+fn postgres_stopped_worker_is_fenced() {
+    let Some(db) = TestSchemas::from_env() else {
+        return;
+    };
+    stopped_worker_is_fenced(&db.fresh_url());
+}
