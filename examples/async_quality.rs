@@ -2,7 +2,10 @@
 //! own optimizer replica, as separate processes are) against one worker, after the same number
 //! of trials, on ZDT1, ZDT3 and DTLZ2 with ASHA over budgets 1-9 (eta 3).
 //!
-//!   cargo run --release --example async_quality [-- TRIALS WORKERS SEEDS]
+//!   cargo run --release --example async_quality [-- TRIALS WORKERS SEEDS [single]]
+//!
+//! `single` runs single fidelity (every trial at budget 1, times 0.5 + u) instead of ASHA;
+//! `LIAR=none|mean|worst` picks what the model assumes of running trials (default mean).
 //!
 //! Time is simulated (event-driven, deterministic): a trial at budget b takes b x (0.5 + u)
 //! time units, u uniform in [0, 1) drawn from the seed and the trial id, so results arrive out
@@ -11,22 +14,32 @@
 
 use dsnn_hpo::eval::problems::{N_VARS, Problem};
 use dsnn_hpo::opt::hypervolume::hypervolume;
-use dsnn_hpo::opt::{Budgets, Outcome, Schedule, Smbo, SmboSettings, Trial};
+use dsnn_hpo::opt::{Budgets, Liar, Outcome, Schedule, Smbo, SmboSettings, Trial};
 use dsnn_hpo::search::replica::Replica;
 use dsnn_hpo::store::memory::MemoryStore;
 use dsnn_hpo::store::{
     Claim, Lease, LeaseSettings, NewStudy, Owner, RunInfo, Store, TrialLine, finished_lines,
 };
 
-fn smbo(problem: Problem, trials: usize, seed: u64) -> Smbo {
-    let budgets = Budgets {
-        min: 1.0,
-        max: 9.0,
-        eta: 3.0,
-        schedule: Schedule::Asha,
-        integer: true,
+fn smbo(problem: Problem, trials: usize, seed: u64, asha: bool) -> Smbo {
+    let budgets = if asha {
+        Budgets {
+            min: 1.0,
+            max: 9.0,
+            eta: 3.0,
+            schedule: Schedule::Asha,
+            integer: true,
+        }
+    } else {
+        Budgets::single(1.0)
     };
-    Smbo::new(problem.space(), SmboSettings::new(2, trials, budgets, seed)).expect("smbo")
+    let mut settings = SmboSettings::new(2, trials, budgets, seed);
+    settings.liar = match std::env::var("LIAR").as_deref() {
+        Ok("none") => Liar::None,
+        Ok("worst") => Liar::Worst,
+        _ => Liar::Mean,
+    };
+    Smbo::new(problem.space(), settings).expect("smbo")
 }
 
 fn objectives(problem: Problem, trial: &Trial) -> Vec<f64> {
@@ -47,7 +60,7 @@ fn unit(seed: u64, id: u64) -> f64 {
     (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
-fn run(problem: Problem, trials: usize, workers: usize, seed: u64) -> f64 {
+fn run(problem: Problem, trials: usize, workers: usize, seed: u64, asha: bool) -> f64 {
     let mut st = MemoryStore::new();
     st.create_study(&NewStudy {
         name: "q".into(),
@@ -65,7 +78,7 @@ fn run(problem: Problem, trials: usize, workers: usize, seed: u64) -> f64 {
     })
     .expect("study");
     let mut replicas: Vec<Replica> = (0..workers)
-        .map(|_| Replica::new(smbo(problem, trials, seed), None))
+        .map(|_| Replica::new(smbo(problem, trials, seed, asha), None))
         .collect();
     let owners: Vec<Owner> = (0..workers)
         .map(|w| Owner::this_process(format!("sim {w}")))
@@ -138,13 +151,21 @@ fn main() {
             .unwrap_or(d)
     };
     let (trials, workers, seeds) = (arg(1, 100), arg(2, 4), arg(3, 5) as u64);
+    let asha = std::env::args().nth(4).as_deref() != Some("single");
     println!(
-        "hypervolume after {trials} trials, ASHA 1-9 epochs: 1 worker vs {workers} asynchronous workers ({seeds} seeds)"
+        "hypervolume after {trials} trials, {}: 1 worker vs {workers} asynchronous workers ({seeds} seeds)",
+        if asha {
+            "ASHA 1-9 epochs"
+        } else {
+            "single fidelity"
+        }
     );
     for problem in [Problem::Zdt1, Problem::Zdt3, Problem::Dtlz2] {
-        let one: Vec<f64> = (0..seeds).map(|s| run(problem, trials, 1, s)).collect();
+        let one: Vec<f64> = (0..seeds)
+            .map(|s| run(problem, trials, 1, s, asha))
+            .collect();
         let many: Vec<f64> = (0..seeds)
-            .map(|s| run(problem, trials, workers, s))
+            .map(|s| run(problem, trials, workers, s, asha))
             .collect();
         let (m1, mn) = (median(one.clone()), median(many.clone()));
         println!(

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use dsnn_hpo::opt::bench::{self, BenchArgs};
+use dsnn_hpo::commands::bench::{self, BenchArgs};
 
 #[derive(Parser)]
 #[command(about = "Hypervolume and time per suggestion of the optimizer on ZDT1-3 and DTLZ2")]

@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
+use crate::commands::bench::BenchArgs;
 use crate::commands::describe::DescribeArgs;
 use crate::commands::energy::EnergyCmdArgs;
 #[cfg(feature = "dsnn")]
@@ -13,7 +14,6 @@ use crate::commands::study::StudyArgs;
 use crate::commands::train::TrainArgs;
 #[cfg(feature = "dsnn")]
 use crate::commands::worker::WorkerArgs;
-use crate::opt::bench::BenchArgs;
 
 /// Find the best accuracy/energy trade-offs of Deep Shift Neural Networks.
 #[derive(Debug, Parser)]

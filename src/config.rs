@@ -54,7 +54,7 @@ pub struct SearchConfig {
     pub seed: u64,
     /// `parego` (random forest + EI on ParEGO scalarisations) or `random`.
     #[serde(default = "d_strategy")]
-    pub strategy: String,
+    pub strategy: crate::opt::Strategy,
     /// Initial design size including the default configuration; absent = SMAC's rule.
     #[serde(default)]
     pub initial_design: Option<usize>,
@@ -94,8 +94,8 @@ fn d_workers() -> usize {
 fn d_trials() -> usize {
     30
 }
-fn d_strategy() -> String {
-    "parego".into()
+fn d_strategy() -> crate::opt::Strategy {
+    crate::opt::Strategy::ParEgo
 }
 fn d_random_fraction() -> f64 {
     0.05
@@ -191,7 +191,7 @@ pub enum EnergyUnit {
 #[serde(deny_unknown_fields)]
 pub struct ObjectiveConfig {
     #[serde(default = "d_objective_kind")]
-    pub kind: String,
+    pub kind: ObjectiveKind,
     /// Program and arguments, run without a shell.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
@@ -218,8 +218,45 @@ impl Default for ObjectiveConfig {
     }
 }
 
-fn d_objective_kind() -> String {
-    "dsnn".into()
+/// What a trial runs: DSNN training, a user's command, or a built-in test problem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjectiveKind {
+    Dsnn,
+    Command,
+    Zdt1,
+    Zdt2,
+    Zdt3,
+    Dtlz2,
+}
+
+impl ObjectiveKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ObjectiveKind::Dsnn => "dsnn",
+            ObjectiveKind::Command => "command",
+            ObjectiveKind::Zdt1 => "zdt1",
+            ObjectiveKind::Zdt2 => "zdt2",
+            ObjectiveKind::Zdt3 => "zdt3",
+            ObjectiveKind::Dtlz2 => "dtlz2",
+        }
+    }
+
+    /// The built-in test problem, for those kinds.
+    pub fn problem(self) -> Option<crate::eval::problems::Problem> {
+        use crate::eval::problems::Problem;
+        match self {
+            ObjectiveKind::Zdt1 => Some(Problem::Zdt1),
+            ObjectiveKind::Zdt2 => Some(Problem::Zdt2),
+            ObjectiveKind::Zdt3 => Some(Problem::Zdt3),
+            ObjectiveKind::Dtlz2 => Some(Problem::Dtlz2),
+            ObjectiveKind::Dsnn | ObjectiveKind::Command => None,
+        }
+    }
+}
+
+fn d_objective_kind() -> ObjectiveKind {
+    ObjectiveKind::Dsnn
 }
 fn d_objective_names() -> Vec<String> {
     vec!["loss".into(), "energy".into()]
@@ -433,10 +470,16 @@ impl RunConfig {
             return Err(fail("epochs = 0: expected a positive integer".into()));
         }
         let f = &self.fidelity;
-        if f.min_epochs == 0 || f.max_epochs < f.min_epochs || f.eta < 2 {
+        if f.eta < 2 {
             return Err(fail(format!(
-                "[fidelity] min_epochs = {}, max_epochs = {}, eta = {}: expected 1 <= min_epochs <= max_epochs and eta >= 2",
-                f.min_epochs, f.max_epochs, f.eta
+                "[fidelity] eta = {}: expected an integer >= 2 (the factor between budgets)",
+                f.eta
+            )));
+        }
+        if f.min_epochs == 0 || f.max_epochs < f.min_epochs {
+            return Err(fail(format!(
+                "[fidelity] min_epochs = {}, max_epochs = {}: expected 1 <= min_epochs <= max_epochs",
+                f.min_epochs, f.max_epochs
             )));
         }
         let s = &self.search;
@@ -451,12 +494,6 @@ impl RunConfig {
                 "[search] workers = 0: expected a positive integer (trials evaluated at once)"
                     .into(),
             ));
-        }
-        if s.strategy != "parego" && s.strategy != "random" {
-            return Err(fail(format!(
-                "[search] strategy = \"{}\": expected \"parego\" or \"random\"",
-                s.strategy
-            )));
         }
         if !(0.0..=1.0).contains(&s.random_fraction) {
             return Err(fail(format!(
@@ -482,9 +519,8 @@ impl RunConfig {
             }
         }
         let o = &self.objective;
-        match o.kind.as_str() {
-            "dsnn" => {}
-            "command" => {
+        if o.kind == ObjectiveKind::Command {
+            {
                 if o.command.is_empty() == o.shell.is_none() {
                     return Err(fail(
                         "[objective] kind = \"command\" needs exactly one of command = [program, args...] or shell = \"command line\"".into(),
@@ -501,12 +537,6 @@ impl RunConfig {
                         "[objective] timeout_s = {t}: expected a positive number"
                     )));
                 }
-            }
-            "zdt1" | "zdt2" | "zdt3" | "dtlz2" => {}
-            other => {
-                return Err(fail(format!(
-                    "[objective] kind = \"{other}\": expected \"dsnn\", \"command\" or a built-in test problem (\"zdt1\", \"zdt2\", \"zdt3\", \"dtlz2\")"
-                )));
             }
         }
         match self.objectives.energy_model {
@@ -531,10 +561,10 @@ impl RunConfig {
         for (i, c) in self.constraints.iter().enumerate() {
             c.validate(i).map_err(fail)?;
         }
-        if !self.constraints.is_empty() && o.kind != "dsnn" {
+        if !self.constraints.is_empty() && o.kind != ObjectiveKind::Dsnn {
             return Err(fail(format!(
                 "[[constraints]] apply to DSNN designs: [objective] kind = \"{}\" has no parameters, weight memory or inference energy to bound",
-                o.kind
+                o.kind.name()
             )));
         }
         Ok(self)

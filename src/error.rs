@@ -31,7 +31,7 @@ pub enum Error {
     #[error(transparent)]
     TrainConfig(#[from] crate::train::config::ConfigError),
     #[error(transparent)]
-    Bench(#[from] crate::opt::bench::BenchError),
+    Bench(#[from] crate::commands::bench::BenchError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]

@@ -550,7 +550,7 @@ mod command {
 #[test]
 fn parego_beats_random_search_on_zdt1() {
     // Same number of evaluations, same seeds: the model must pay for itself.
-    use dsnn_hpo::opt::bench::{OptimizerChoice, run_one};
+    use dsnn_hpo::commands::bench::{OptimizerChoice, run_one};
     let total = |opt| -> f64 {
         (0..3)
             .map(|seed| run_one(Problem::Zdt1, opt, 60, seed).unwrap().hypervolume)

@@ -303,3 +303,77 @@ fn postgres_stopped_worker_is_fenced() {
     };
     stopped_worker_is_fenced(&db.fresh_url());
 }
+
+/// Bad stores and studies are errors that name the URL (password hidden) and what to do.
+#[test]
+fn bad_stores_and_studies_are_named_errors() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("study.db").display());
+    let config = write_config(dir.path(), 4, 0.0, 30.0);
+    create(&url, &config);
+    let fail = |args: &[&str]| {
+        let out = bin().args(args).output().expect("run");
+        assert_eq!(out.status.code(), Some(2), "{args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = fail(&["worker", "--storage", &url, "--study", "nope"]);
+    assert!(
+        e.contains("no study named \"nope\"") && e.contains("s"),
+        "{e}"
+    );
+    let e = fail(&["pareto", "--storage", &url, "--study", "nope"]);
+    assert!(e.contains("no study named \"nope\""), "{e}");
+    let e = fail(&["study", "list", "--storage", "mysql://bob:pw@h/db"]);
+    assert!(
+        e.contains("unknown scheme \"mysql\"") && !e.contains("pw"),
+        "{e}"
+    );
+    let missing = dir.path().join("no/such/folder/x.db");
+    let e = fail(&[
+        "study",
+        "list",
+        "--storage",
+        &format!("sqlite://{}", missing.display()),
+    ]);
+    assert!(e.contains("no/such/folder"), "{e}");
+    // The same name twice is refused.
+    let out = bin()
+        .args([
+            "study",
+            "create",
+            "--storage",
+            &url,
+            "--study",
+            "s",
+            "--config",
+        ])
+        .arg(&config)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    // A wrong password: the URL in the message has it hidden.
+    if let Some(db) = TestSchemas::from_env() {
+        let base = db.base_url();
+        if let Some(rest) = base.strip_prefix("postgresql://root@") {
+            let bad = format!("postgresql://nosuchuser:secret@{rest}");
+            let e = fail(&["study", "list", "--storage", &bad]);
+            assert!(
+                e.contains("nosuchuser:***@") && !e.contains("secret"),
+                "{e}"
+            );
+        }
+    }
+    // A finished study's list and show.
+    let w = worker(&url);
+    wait_all(vec![w], Duration::from_secs(120));
+    let out = bin()
+        .args(["study", "show", "--storage", &url, "--study", "s"])
+        .output()
+        .expect("run");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("finished (0 failed, 0 infeasible), 0 running, 0 queued"),
+        "{shown}"
+    );
+}

@@ -1,5 +1,6 @@
 //! One module per subcommand; each takes its parsed arguments and an output stream.
 
+pub mod bench;
 pub mod describe;
 pub mod energy;
 #[cfg(feature = "dsnn")]
@@ -30,7 +31,7 @@ pub fn run(command: Command, out: &mut dyn Write) -> Result<(), Error> {
         Command::Pareto(args) => pareto::run(&args, out),
         Command::Study(args) => study::run(&args, out),
         Command::Bench(args) => {
-            crate::opt::bench::run(&args, out)?;
+            bench::run(&args, out)?;
             Ok(())
         }
     }

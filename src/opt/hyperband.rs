@@ -245,19 +245,7 @@ impl Bracket {
             }
             let rung = &self.rungs[r];
             let k = (rung.members.len() as f64 / eta + EPS).floor() as usize;
-            let candidates: Vec<Candidate> = rung
-                .members
-                .iter()
-                .map(|m| Candidate {
-                    trial: m.trial,
-                    budget: rung.budget,
-                    costs: match &m.result {
-                        Status::Success(c) | Status::Infeasible(c) => Some(c.as_slice()),
-                        _ => None,
-                    },
-                    feasible: !matches!(m.result, Status::Infeasible(_)),
-                })
-                .collect();
+            let candidates = candidates_of(rung.members.iter(), rung.budget);
             let chosen = select_for_promotion(&candidates, k);
             self.rungs[r].promoted = true;
             let next = &mut self.rungs[r + 1];
@@ -266,6 +254,21 @@ impl Bracket {
             next.filled = true;
         }
     }
+}
+
+/// A rung's members as promotion candidates, measured at `budget`.
+fn candidates_of<'a>(members: impl Iterator<Item = &'a Member>, budget: f64) -> Vec<Candidate<'a>> {
+    members
+        .map(|m| Candidate {
+            trial: m.trial,
+            budget,
+            costs: match &m.result {
+                Status::Success(c) | Status::Infeasible(c) => Some(c.as_slice()),
+                _ => None,
+            },
+            feasible: !matches!(m.result, Status::Infeasible(_)),
+        })
+        .collect()
 }
 
 /// A finished trial competing for promotion.
@@ -387,18 +390,7 @@ impl Scheduler {
             if k == 0 {
                 continue;
             }
-            let candidates: Vec<Candidate> = done
-                .iter()
-                .map(|m| Candidate {
-                    trial: m.trial,
-                    budget: rung.budget,
-                    costs: match &m.result {
-                        Status::Success(c) | Status::Infeasible(c) => Some(c.as_slice()),
-                        _ => None,
-                    },
-                    feasible: !matches!(m.result, Status::Infeasible(_)),
-                })
-                .collect();
+            let candidates = candidates_of(done.iter().copied(), rung.budget);
             if let Some(from) = select_for_promotion(&candidates, k)
                 .into_iter()
                 .find(|t| !rung.promoted.contains(t))

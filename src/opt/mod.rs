@@ -5,7 +5,6 @@
 //! sequence of asks and tells give the same trials, which is how a run resumes from its trial log.
 
 pub mod acquisition;
-pub mod bench;
 pub mod design;
 pub mod forest;
 pub mod hyperband;
@@ -20,7 +19,7 @@ use thiserror::Error;
 use crate::space::Config;
 
 pub use hyperband::{BudgetError, Budgets, Schedule};
-pub use smbo::{KnownConstraint, SettingsError, Smbo, SmboSettings, Strategy, TrialRecord};
+pub use smbo::{KnownConstraint, Liar, SettingsError, Smbo, SmboSettings, Strategy, TrialRecord};
 
 /// One evaluation to run: a configuration at a budget (e.g. epochs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -81,7 +81,8 @@ impl Known {
 }
 
 /// How new configurations are chosen once the initial design is used up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Strategy {
     /// Model-based (random forest + EI on ParEGO scalarisations), interleaved with random ones.
     ParEgo,
@@ -107,8 +108,23 @@ pub struct SmboSettings {
     pub front_fraction: f64,
     /// Finished trials a budget needs before the model prefers it (see the module doc).
     pub min_model_points: usize,
+    /// What the cost model assumes of trials still running (asked, not told).
+    pub liar: Liar,
     pub forest: ForestSettings,
     pub maximizer: MaximizerSettings,
+}
+
+/// The cost the model assumes for a pending trial while other workers run it (Ginsbourger et
+/// al. 2010, "Kriging is well-suited to parallelize optimization"), so that parallel workers are
+/// not all sent to one promising spot. Sequential runs have nothing pending at a proposal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liar {
+    /// Pending trials are left out of the model.
+    None,
+    /// The mean of the model's training costs (CL-mean).
+    Mean,
+    /// The worst of them (CL-max, Optuna's `constant_liar`).
+    Worst,
 }
 
 impl SmboSettings {
@@ -124,6 +140,7 @@ impl SmboSettings {
             random_fraction: 0.05,
             front_fraction: 0.45,
             min_model_points: 8,
+            liar: Liar::Mean,
             forest: ForestSettings::default(),
             maximizer: MaximizerSettings::default(),
         }
@@ -552,11 +569,23 @@ impl Smbo {
             .iter()
             .map(|c| parego::scalarise(&theta, c))
             .collect();
-        let y = log_scale(&scalars);
-        let x: Vec<Vec<f64>> = rows
+        let mut y = log_scale(&scalars);
+        let mut x: Vec<Vec<f64>> = rows
             .iter()
             .map(|r| self.space.features(&r.vector))
             .collect();
+        // Trials running elsewhere enter the cost model with an assumed cost (see [`Liar`]).
+        let lie = match self.settings.liar {
+            Liar::None => f64::NAN,
+            Liar::Mean => y.iter().sum::<f64>() / y.len() as f64,
+            Liar::Worst => y.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        };
+        if lie.is_finite() {
+            for r in self.records.iter().filter(|r| r.outcome.is_none()) {
+                x.push(self.space.features(&r.vector));
+                y.push(lie);
+            }
+        }
         let kinds = self.space.feature_kinds();
         let forest = Forest::fit(&x, &y, &kinds, &self.settings.forest, self.rng.random());
         // Feasibility labels (failed trials say nothing about the constraint); a classifier only when

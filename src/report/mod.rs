@@ -209,6 +209,8 @@ pub struct Point {
 /// The report of one run directory.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Report {
+    /// "default DSNN", or "default configuration" for a command objective or test problem.
+    pub default_label: &'static str,
     pub run_dir: String,
     pub objectives: Vec<Objective>,
     /// Configuration columns: the default configuration's parameters, then any others in order
@@ -304,7 +306,25 @@ impl Report {
                 measured_inference: measured[j],
             })
             .collect();
-        let comparison = default_trial.map(|d| baseline::compare(names, &front, d));
+        // A command objective or test problem has a default configuration, not a default DSNN.
+        let dsnn = toml::from_str::<toml::Table>(&run.info.config_toml)
+            .ok()
+            .and_then(|t| {
+                t.get("objective")
+                    .and_then(|o| o.get("kind"))
+                    .and_then(|k| k.as_str().map(|k| k == "dsnn"))
+            })
+            .unwrap_or(true);
+        let default_label = if dsnn {
+            "default DSNN"
+        } else {
+            "default configuration"
+        };
+        let comparison = default_trial.map(|d| {
+            let mut c = baseline::compare(names, &front, d);
+            c.headline = c.headline.replace("default DSNN", default_label);
+            c
+        });
         let (status, trial, budget) = match default {
             DefaultResult::Evaluated(t) => ("evaluated", Some(t.id), Some(t.budget)),
             DefaultResult::Failed(t) => ("failed", Some(t.id), Some(t.budget)),
@@ -326,6 +346,7 @@ impl Report {
                 .collect()
         };
         Report {
+            default_label,
             run_dir: run.dir.display().to_string(),
             objectives,
             parameters,

@@ -170,7 +170,8 @@ pub fn write_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> 
                 .unwrap_or_default();
             writeln!(
                 out,
-                "Default DSNN: trial {} at budget {} ({d}){}.",
+                "{}: trial {} at budget {} ({d}){}.",
+                capitalised(report.default_label),
                 c.default_trial,
                 fmt_budget(c.default_budget),
                 if report.default.on_front {
@@ -216,4 +217,13 @@ pub fn write_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> 
         }
     }
     Ok(())
+}
+
+/// "default DSNN" -> "Default DSNN".
+fn capitalised(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
 }

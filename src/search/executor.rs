@@ -87,7 +87,7 @@ pub fn measured_energy(lines: &[TrialLine]) -> (f64, f64) {
     lines
         .iter()
         .flat_map(|l| &l.energy)
-        .filter(|r| r.cpu.source.to_string() != "opcount")
+        .filter(|r| r.cpu.source != crate::energy::SourceKind::Opcount)
         .fold((0.0, 0.0), |(e, g), r| {
             (e + r.energy_kwh, g + r.emissions_kg)
         })

@@ -147,6 +147,26 @@ impl<'a> Objective<'a> {
         self.device.is_some_and(DeviceChoice::is_gpu)
     }
 
+    /// Works on the study with this process's workers until it is done, a limit is reached or a
+    /// signal comes.
+    fn work(
+        &'a self,
+        exec: &mut Executor<'a>,
+        limits: &Limits,
+        multi: Option<MultiProgress>,
+    ) -> Result<StopReason, Error> {
+        let interrupted = interrupt_flag();
+        let make: &MakeEvaluator<'a> = &|w, share, observer| self.evaluator(w, share, observer);
+        exec.run(
+            make,
+            self.workers,
+            !self.on_gpu(),
+            limits,
+            multi,
+            &interrupted,
+        )
+    }
+
     /// Remembers a finished trial's training energy, its continued-from trials' included.
     fn remember_training(&self, line: &TrialLine, lines: &[TrialLine]) {
         let Some(r) = line.energy.iter().find(|r| r.phase == "train") else {
@@ -193,7 +213,7 @@ pub fn create_study(
     name: &str,
 ) -> Result<StudyRecord, Error> {
     let mut store = store::open(storage)?;
-    let is_dsnn = cfg.objective.kind == "dsnn";
+    let is_dsnn = cfg.objective.kind == crate::config::ObjectiveKind::Dsnn;
     let data = if is_dsnn {
         Some(cfg.data.load()?)
     } else {
@@ -400,7 +420,7 @@ pub fn optimize(cfg: &RunConfig, opts: &OptimizeOptions) -> Result<Summary, Erro
     }
     let legacy = existing.is_none() && opts.resume && dir.join(store::TRIALS).exists();
 
-    let is_dsnn = cfg.objective.kind == "dsnn";
+    let is_dsnn = cfg.objective.kind == crate::config::ObjectiveKind::Dsnn;
     let data = if is_dsnn {
         Some(cfg.data.load()?)
     } else {
@@ -538,16 +558,7 @@ pub fn optimize(cfg: &RunConfig, opts: &OptimizeOptions) -> Result<Summary, Erro
         emissions_budget_kg: cfg.search.emissions_budget_kg,
         max_trials: None,
     };
-    let interrupted = interrupt_flag();
-    let make: &MakeEvaluator<'_> = &|w, share, observer| objective.evaluator(w, share, observer);
-    let stop = exec.run(
-        make,
-        workers,
-        !objective.on_gpu(),
-        &limits,
-        multi,
-        &interrupted,
-    )?;
+    let stop = objective.work(&mut exec, &limits, multi)?;
     let lines = exec.replica.lines.clone();
     if stop == StopReason::TrialsDone {
         exec.store.drop_checkpoints(&name)?;
@@ -645,7 +656,7 @@ pub fn work(opts: &WorkerOptions) -> Result<WorkerReport, Error> {
         sets.push(format!("data.path={}", p.display()));
     }
     let cfg = RunConfig::from_str_with_sets(&record.study.info.config_toml, &where_, &sets)?;
-    let is_dsnn = cfg.objective.kind == "dsnn";
+    let is_dsnn = cfg.objective.kind == crate::config::ObjectiveKind::Dsnn;
     let data = if is_dsnn {
         Some(cfg.data.load()?)
     } else {
@@ -724,17 +735,8 @@ pub fn work(opts: &WorkerOptions) -> Result<WorkerReport, Error> {
         emissions_budget_kg: cfg.search.emissions_budget_kg,
         wall_time_s: None,
     };
-    let interrupted = interrupt_flag();
     let multi = (!opts.quiet).then(MultiProgress::new);
-    let make: &MakeEvaluator<'_> = &|w, share, observer| objective.evaluator(w, share, observer);
-    let stop = exec.run(
-        make,
-        workers,
-        !objective.on_gpu(),
-        &limits,
-        multi,
-        &interrupted,
-    )?;
+    let stop = objective.work(&mut exec, &limits, multi)?;
     let study_trials = exec.replica.lines.len();
     drop(exec);
     if opts.checkpoints.is_none() {

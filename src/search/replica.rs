@@ -6,9 +6,10 @@
 //! release. Decisions are made only inside [`crate::store::Store::claim`] (under the study lock),
 //! right after replaying what others recorded.
 //!
-//! After the optimizer is done and nothing is pending, one more trial may be decided: the
-//! default configuration at the largest budget (the baseline the report compares against),
-//! unless a successful trial of it already reached that budget.
+//! After the optimizer asks nothing more, one more trial may be decided (as soon as no trial of
+//! the default configuration is running): the default configuration at the largest budget (the
+//! baseline the report compares against), unless a successful trial of it already reached that
+//! budget.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -119,24 +120,27 @@ impl Replica {
                 Ok(Decision::Run(t))
             }
             Ask::Wait => Ok(Decision::Wait),
-            Ask::Done if self.smbo.pending() > 0 || !self.baseline_pending.is_empty() => {
-                Ok(Decision::Wait)
-            }
-            Ask::Done => Ok(match self.baseline_trial() {
-                Some(t) => {
+            Ask::Done => {
+                // The baseline starts as soon as nothing new will be asked, beside the last
+                // running trials, unless one of them is the default configuration (which may
+                // reach the largest budget itself, or leave a further state to continue).
+                let default_running = self.baseline.as_ref().is_some_and(|(d, _)| {
+                    self.smbo
+                        .records()
+                        .iter()
+                        .any(|r| r.outcome.is_none() && r.trial.config == *d)
+                });
+                if !default_running && let Some(t) = self.baseline_trial() {
                     self.own.push_back(t.clone());
-                    Decision::Run(t)
+                    return Ok(Decision::Run(t));
                 }
-                None => Decision::Done,
-            }),
+                if self.smbo.pending() > 0 || !self.baseline_pending.is_empty() {
+                    Ok(Decision::Wait)
+                } else {
+                    Ok(Decision::Done)
+                }
+            }
         }
-    }
-
-    /// Whether the optimizer will ask nothing more and nothing is running.
-    pub fn finished(&self) -> bool {
-        self.smbo.pending() == 0
-            && self.baseline_pending.is_empty()
-            && self.smbo.records().len() >= self.smbo.settings().max_trials
     }
 
     /// The default configuration at the largest budget, continuing its furthest successful

@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::eval::command::CommandObjective;
 use crate::eval::dsnn::{dsnn_space, measure_inference, trial_config};
 use crate::eval::problems::Problem;
-use crate::opt::{Budgets, KnownConstraint, Smbo, SmboSettings, Strategy};
+use crate::opt::{Budgets, KnownConstraint, Smbo, SmboSettings};
 use crate::space::SearchSpace;
 
 /// A stable 64-bit FNV-1a hash: std's hasher may change between Rust releases, and run
@@ -86,11 +86,7 @@ pub fn build_optimizer(
         integer: true,
     };
     let mut settings = SmboSettings::new(n_objectives, cfg.search.trials, budgets, cfg.search.seed);
-    settings.strategy = if cfg.search.strategy == "random" {
-        Strategy::Random
-    } else {
-        Strategy::ParEgo
-    };
+    settings.strategy = cfg.search.strategy;
     settings.initial_design = cfg.search.initial_design;
     settings.random_fraction = cfg.search.random_fraction;
     settings.front_fraction = cfg.search.front_fraction;
@@ -99,9 +95,7 @@ pub fn build_optimizer(
 
 /// The built-in test problem `[objective] kind` names, if it names one.
 pub fn problem_of(cfg: &RunConfig) -> Option<Problem> {
-    Problem::ALL
-        .into_iter()
-        .find(|p| p.name() == cfg.objective.kind)
+    cfg.objective.kind.problem()
 }
 
 pub fn command_objective(cfg: &RunConfig, source: &Path) -> Result<CommandObjective, Error> {

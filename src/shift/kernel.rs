@@ -115,7 +115,7 @@ pub fn shift_ps<const D: usize>(
 }
 
 pub fn fixed_point<const D: usize>(x: Tensor<D>, int_bits: u32, frac_bits: u32) -> Tensor<D> {
-    let (scale, min, max) = super::quant::fixed_point_constants(int_bits, frac_bits);
+    let (scale, min, max) = super::fixed_point_constants(int_bits, frac_bits);
     run([x], |[x]| {
         <Dispatch as QuantKernels>::fixed_point(
             x,

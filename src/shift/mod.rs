@@ -264,6 +264,13 @@ impl PackedShiftWeights {
     }
 }
 
+/// The scale 2^F and the clamp bounds -2^(I-1), 2^(I-1) - 1 of the fixed-point rule: shared by
+/// the tensor quantizer (`quant`) and the GPU kernel (`kernel`), which no longer import each other.
+pub fn fixed_point_constants(int_bits: u32, frac_bits: u32) -> (f64, f64, f64) {
+    let half = ((int_bits as f64) - 1.0).exp2();
+    ((frac_bits as f64).exp2(), -half, half - 1.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

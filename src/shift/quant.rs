@@ -197,12 +197,6 @@ pub fn quantize_ps<const D: usize>(
     w + dp + ds
 }
 
-/// The scale 2^F and the clamp bounds -2^(I-1), 2^(I-1) - 1 of the fixed-point rule.
-pub fn fixed_point_constants(int_bits: u32, frac_bits: u32) -> (f64, f64, f64) {
-    let half = ((int_bits as f64) - 1.0).exp2();
-    ((frac_bits as f64).exp2(), -half, half - 1.0)
-}
-
 /// Fixed-point activation quantization with `int_bits` integer and `frac_bits` fraction bits:
 /// the CubeCL kernel on a GPU backend, tensor ops elsewhere; straight-through gradient.
 pub fn fixed_point<const D: usize>(x: Tensor<D>, int_bits: u32, frac_bits: u32) -> Tensor<D> {
@@ -216,7 +210,7 @@ pub fn fixed_point_value<const D: usize>(x: Tensor<D>, int_bits: u32, frac_bits:
     if super::kernel::applies(&x) {
         return super::kernel::fixed_point(x.detach(), int_bits, frac_bits);
     }
-    let (scale, min, max) = fixed_point_constants(int_bits, frac_bits);
+    let (scale, min, max) = super::fixed_point_constants(int_bits, frac_bits);
     x.detach()
         .mul_scalar(scale)
         .floor()

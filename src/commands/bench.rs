@@ -13,9 +13,9 @@ use thiserror::Error;
 
 use crate::eval::problems::Problem;
 
-use super::hypervolume::hypervolume;
-use super::smbo::{SettingsError, Smbo, SmboSettings, Strategy};
-use super::{Ask, Budgets, Outcome, TellError};
+use crate::opt::hypervolume::hypervolume;
+use crate::opt::smbo::{SettingsError, Smbo, SmboSettings, Strategy};
+use crate::opt::{Ask, Budgets, Outcome, TellError};
 
 /// Reference point of the reported hypervolume.
 pub const REFERENCE: [f64; 2] = [1.1, 1.1];
