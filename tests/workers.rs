@@ -377,3 +377,116 @@ fn bad_stores_and_studies_are_named_errors() {
         "{shown}"
     );
 }
+
+/// DSNN training through workers: a promotion continues a saved state that another process
+/// (now gone, its local folder removed) left in the store.
+#[test]
+fn a_promotion_continues_a_state_saved_by_another_worker_through_the_store() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("study.db").display());
+    let config = dir.path().join("tiny.toml");
+    std::fs::write(
+        &config,
+        r#"name = "tiny"
+[data]
+kind = "bundled"
+limit_train = 300
+validation_fraction = 0.2
+[train]
+model = "small-cnn"
+batch_size = 100
+[search]
+trials = 5
+seed = 3
+[fidelity]
+min_epochs = 1
+max_epochs = 3
+eta = 3
+[objectives]
+energy_model = "opcount"
+"#,
+    )
+    .expect("write config");
+    create(&url, &config);
+    // Worker A trains the three 1-epoch trials, then stops; its saved states live on in the store.
+    let run = |extra: &[&str]| {
+        let out = bin()
+            .args(["worker", "--storage", &url, "--study", "s", "--quiet"])
+            .args(extra)
+            .output()
+            .expect("run worker");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["--max-trials", "3"]);
+    let mut s = store::open(&url).expect("open store");
+    let first = store::finished_lines(s.as_mut(), "s").expect("lines");
+    assert_eq!(first.len(), 3);
+    assert!(first.iter().all(|l| l.budget == 1.0));
+    // Worker B, another process with another local folder, runs the promotion.
+    run(&[]);
+    let lines = store::finished_lines(s.as_mut(), "s").expect("lines");
+    let promoted: Vec<_> = lines
+        .iter()
+        .filter(|l| l.continued_from.is_some())
+        .collect();
+    assert!(!promoted.is_empty(), "no promotion");
+    for l in promoted {
+        assert_eq!(l.status, TrialStatus::Success, "{:?}", l.reason);
+        let m = l.metrics.as_ref().expect("metrics");
+        assert_eq!(
+            (m.start_epoch, m.epochs_trained),
+            (1, 3),
+            "trial {} did not continue its parent's saved state",
+            l.id
+        );
+    }
+    // The study is done: no saved state is kept.
+    for l in &lines {
+        assert!(s.checkpoint("s", l.id).expect("checkpoint").is_none());
+    }
+}
+
+/// SIGTERM (what SLURM sends before preemption) hands the running trial back at once: the
+/// worker exits without waiting for it, and the trial is queued for the next worker.
+#[test]
+fn sigterm_hands_the_running_trial_back_at_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("study.db").display());
+    // Trials of 20 s and more: the worker must not wait for one.
+    let config = write_config(dir.path(), 3, 20.0, 600.0);
+    create(&url, &config);
+    let mut a = worker(&url);
+    let mut s = store::open(&url).expect("open store");
+    wait_until("a running trial", Duration::from_secs(60), || {
+        !s.running("s").expect("running").is_empty()
+    });
+    let ok = Command::new("kill")
+        .args(["-TERM", &a.id().to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok);
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = a.try_wait().expect("wait") {
+            break st;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the worker did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(130), "exit status after SIGTERM");
+    assert!(s.running("s").expect("running").is_empty());
+    assert_eq!(s.queued("s").expect("queued").len(), 1, "handed back");
+    assert!(
+        store::finished_lines(s.as_mut(), "s")
+            .expect("lines")
+            .is_empty()
+    );
+}

@@ -329,6 +329,7 @@ impl<'a> DsnnObjective<'a> {
             valid_loss: report.valid_loss,
             train_loss: report.train_loss,
             epochs_trained: report.epochs,
+            start_epoch: report.start_epoch,
             images_per_s: report.images_per_s,
             ..Metrics::default()
         };

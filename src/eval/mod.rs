@@ -104,6 +104,10 @@ pub struct Metrics {
     #[serde(with = "nan_as_null")]
     pub train_loss: f64,
     pub epochs_trained: usize,
+    /// The epoch training started from: 0, or the saved state's epoch when the trial continued
+    /// a lower-budget trial (the state came from this machine or through the study store).
+    #[serde(default)]
+    pub start_epoch: usize,
     pub images_per_s: f64,
     /// Measured inference energy per image, joules: the mean repeated validation pass over its
     /// images (source in the trial's `inference` record).

@@ -738,6 +738,10 @@ pub fn work(opts: &WorkerOptions) -> Result<WorkerReport, Error> {
     let multi = (!opts.quiet).then(MultiProgress::new);
     let stop = objective.work(&mut exec, &limits, multi)?;
     let study_trials = exec.replica.lines.len();
+    if stop == StopReason::TrialsDone {
+        // Nothing can be continued any more: the saved states go.
+        exec.store.drop_checkpoints(&opts.study)?;
+    }
     drop(exec);
     if opts.checkpoints.is_none() {
         let _ = std::fs::remove_dir_all(&checkpoints);
