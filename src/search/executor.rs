@@ -337,7 +337,17 @@ impl<'a> Executor<'a> {
                         break;
                     }
                     let Some(&w) = idle.last() else { break };
-                    let lease = match self.claim(&owners[w])? {
+                    // A store error stops this process after the running trials finish; what it
+                    // holds is handed back below.
+                    let claim = match self.claim(&owners[w]) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            fatal.get_or_insert(e);
+                            stopping = true;
+                            break;
+                        }
+                    };
+                    let lease = match claim {
                         Claim::Run(lease) => lease,
                         Claim::Wait => {
                             waiting = true;
@@ -350,7 +360,12 @@ impl<'a> Executor<'a> {
                     };
                     wait = Duration::from_millis(100);
                     let trial = lease.trial.clone();
-                    self.fetch_state(&trial)?;
+                    if let Err(e) = self.fetch_state(&trial) {
+                        let _ = self.store.release(&lease);
+                        fatal.get_or_insert(e);
+                        stopping = true;
+                        break;
+                    }
                     let label = format!(
                         "{} ({} ep{}{})",
                         trial.id,
@@ -426,6 +441,8 @@ impl<'a> Executor<'a> {
                     }
                     Err(e) => {
                         // The run cannot go on (I/O, meters); finish what is running, then stop.
+                        // The trial goes back to the study for a worker that can run it.
+                        let _ = self.store.release(&lease);
                         fatal.get_or_insert(e);
                         stopping = true;
                     }
