@@ -1,6 +1,8 @@
 //! The optimizer through a study store: one worker decides exactly what the bare optimizer
 //! decides, and the decisions of many workers (finishing out of order) replay exactly.
 
+#![cfg(feature = "dsnn")]
+
 use dsnn_hpo::eval::problems::{N_VARS, Problem};
 use dsnn_hpo::opt::{Ask, Budgets, Outcome, Schedule, Smbo, SmboSettings, Trial};
 use dsnn_hpo::search::replica::Replica;

@@ -3,6 +3,8 @@
 //! The objective is a command that sleeps, so the test measures the coordination, not training.
 //! PostgreSQL needs `DSNN_HPO_TEST_POSTGRES`; SQLite runs everywhere.
 
+#![cfg(feature = "dsnn")]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

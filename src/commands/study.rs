@@ -190,12 +190,7 @@ pub fn export(dir: &Path, info: &store::RunInfo, lines: &[TrialLine]) -> Result<
         message: format!("cannot create the export folder: {e}"),
     })?;
     store::write_run_info(dir, info)?;
-    let mut text = String::new();
-    for l in lines {
-        text.push_str(&serde_json::to_string(l)?);
-        text.push('\n');
-    }
-    store::write_atomic(&dir.join(store::TRIALS), text.as_bytes())?;
+    store::write_trials(dir, lines)?;
     let mut w = csv::Writer::from_writer(Vec::new());
     let mut header: Vec<String> = ["id", "budget", "status", "continued_from", "baseline"]
         .iter()

@@ -75,6 +75,38 @@ pub fn study_location(cfg: &RunConfig, dir: &Path) -> (String, String) {
     (url, name)
 }
 
+/// What a configuration gives every process of a study: its data (DSNN objectives), search
+/// space, energy meter and device.
+struct Setup {
+    data: Option<LoadedData>,
+    space: crate::space::SearchSpace,
+    tracker: EnergyTracker,
+    /// `None` for a command objective or test problem.
+    device: Option<DeviceChoice>,
+}
+
+impl Setup {
+    fn of(cfg: &RunConfig, source: &Path) -> Result<Setup, Error> {
+        let is_dsnn = cfg.objective.kind == crate::config::ObjectiveKind::Dsnn;
+        let data = if is_dsnn {
+            Some(cfg.data.load()?)
+        } else {
+            None
+        };
+        let space = search_space(cfg, data.as_ref(), source)?;
+        Ok(Setup {
+            data,
+            space,
+            tracker: EnergyTracker::from_config(&cfg.energy)?,
+            device: if is_dsnn {
+                Some(cfg.device.parse()?)
+            } else {
+                None
+            },
+        })
+    }
+}
+
 /// Everything a process needs to evaluate trials of a study.
 struct Objective<'a> {
     cfg: &'a RunConfig,
@@ -213,20 +245,13 @@ pub fn create_study(
     name: &str,
 ) -> Result<StudyRecord, Error> {
     let mut store = store::open(storage)?;
-    let is_dsnn = cfg.objective.kind == crate::config::ObjectiveKind::Dsnn;
-    let data = if is_dsnn {
-        Some(cfg.data.load()?)
-    } else {
-        None
-    };
-    let space = search_space(cfg, data.as_ref(), config_path)?;
+    let Setup {
+        data,
+        space,
+        tracker,
+        device,
+    } = Setup::of(cfg, config_path)?;
     let default_config = space.default_config();
-    let tracker = EnergyTracker::from_config(&cfg.energy)?;
-    let device: Option<DeviceChoice> = if is_dsnn {
-        Some(cfg.device.parse()?)
-    } else {
-        None
-    };
     let constraints = match (&data, device) {
         (Some(data), Some(device)) if !cfg.constraints.is_empty() => {
             constraints_of(cfg, data, &default_config, None, &tracker, device)?
@@ -352,12 +377,7 @@ impl Exports {
         lines: &[TrialLine],
     ) -> Result<Exports, Error> {
         store::write_run_info(dir, &info)?;
-        let mut text = String::new();
-        for l in lines {
-            text.push_str(&serde_json::to_string(l)?);
-            text.push('\n');
-        }
-        store::write_atomic(&dir.join(store::TRIALS), text.as_bytes())?;
+        store::write_trials(dir, lines)?;
         let csv_path = dir.join("emissions.csv");
         let _ = std::fs::remove_file(&csv_path);
         let mut csv = CsvSink::open(&csv_path, csv_run)?;
@@ -420,15 +440,13 @@ pub fn optimize(cfg: &RunConfig, opts: &OptimizeOptions) -> Result<Summary, Erro
     }
     let legacy = existing.is_none() && opts.resume && dir.join(store::TRIALS).exists();
 
-    let is_dsnn = cfg.objective.kind == crate::config::ObjectiveKind::Dsnn;
-    let data = if is_dsnn {
-        Some(cfg.data.load()?)
-    } else {
-        None
-    };
-    let space = search_space(cfg, data.as_ref(), &opts.config_path)?;
+    let Setup {
+        data,
+        space,
+        tracker,
+        device,
+    } = Setup::of(cfg, &opts.config_path)?;
     let default_config = space.default_config();
-    let tracker = EnergyTracker::from_config(&cfg.energy)?;
     if !opts.quiet {
         for note in tracker.notes() {
             eprintln!("energy: {note}");
@@ -440,11 +458,6 @@ pub fn optimize(cfg: &RunConfig, opts: &OptimizeOptions) -> Result<Summary, Erro
     let search_window = tracker.start("search")?;
     let multi = (!opts.quiet).then(MultiProgress::new);
     let workers = cfg.search.workers.max(1);
-    let device: Option<DeviceChoice> = if is_dsnn {
-        Some(cfg.device.parse()?)
-    } else {
-        None
-    };
     let previous_reference = existing
         .as_ref()
         .map(|r| r.study.info.constraint_reference.clone())
@@ -656,12 +669,12 @@ pub fn work(opts: &WorkerOptions) -> Result<WorkerReport, Error> {
         sets.push(format!("data.path={}", p.display()));
     }
     let cfg = RunConfig::from_str_with_sets(&record.study.info.config_toml, &where_, &sets)?;
-    let is_dsnn = cfg.objective.kind == crate::config::ObjectiveKind::Dsnn;
-    let data = if is_dsnn {
-        Some(cfg.data.load()?)
-    } else {
-        None
-    };
+    let Setup {
+        data,
+        space,
+        tracker,
+        device,
+    } = Setup::of(&cfg, &where_)?;
     if let (Some(d), Some(expected)) = (&data, &record.study.data_fingerprint) {
         let got = d.fingerprint();
         if got != *expected {
@@ -673,13 +686,6 @@ pub fn work(opts: &WorkerOptions) -> Result<WorkerReport, Error> {
             ));
         }
     }
-    let space = search_space(&cfg, data.as_ref(), &where_)?;
-    let tracker = EnergyTracker::from_config(&cfg.energy)?;
-    let device: Option<DeviceChoice> = if is_dsnn {
-        Some(cfg.device.parse()?)
-    } else {
-        None
-    };
     let mut constraints = Constraints::new(cfg.constraints.clone());
     constraints.reference = record.study.info.constraint_reference.clone();
     let checkpoints = opts.checkpoints.clone().unwrap_or_else(|| {

@@ -33,7 +33,7 @@ use crate::opt::Trial;
 pub use record::{BASELINE_IDS, Metrics, RunInfo, TrialLine, TrialStatus};
 pub use run_dir::{
     ASKS, AskLine, JsonlLog, RUN, TRIALS, TrialLog, read_asks, read_run_info, read_trials,
-    write_atomic, write_run_info,
+    write_atomic, write_run_info, write_trials,
 };
 pub use url::StoreUrl;
 
@@ -287,6 +287,34 @@ pub fn open(url: &str) -> Result<Box<dyn Store>, StoreError> {
         StoreUrl::Postgres(url) => Ok(Box::new(postgres::PostgresStore::open(&url)?)),
         StoreUrl::Memory => Ok(Box::new(memory::MemoryStore::new())),
     }
+}
+
+/// Reads a record the SQL backends keep as JSON text.
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(
+    url: &str,
+    table: &str,
+    json: &str,
+) -> Result<T, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Backend {
+        url: url.into(),
+        message: format!("a record of table {table} cannot be read ({e}): a damaged store?"),
+    })
+}
+
+/// Writes a record as JSON text for the SQL backends.
+pub(crate) fn to_json<T: serde::Serialize>(url: &str, value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Backend {
+        url: url.into(),
+        message: format!("cannot encode a record: {e}"),
+    })
+}
+
+/// A trial id or sequence number as SQL's signed 64-bit integer.
+pub(crate) fn sql_int(url: &str, n: u64) -> Result<i64, StoreError> {
+    i64::try_from(n).map_err(|_| StoreError::Backend {
+        url: url.into(),
+        message: format!("the number {n} is too large for the store"),
+    })
 }
 
 /// A fresh fencing token: unique across processes and hosts with overwhelming probability.

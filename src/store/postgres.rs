@@ -22,7 +22,8 @@ use postgres::{Client, NoTls, Statement, Transaction};
 
 use super::{
     Claim, Decide, Decision, Event, EventKind, Lease, LeaseSettings, NewStudy, Owner, Running,
-    SCHEMA_VERSION, Store, StoreError, StudyRecord, TrialLine, new_token, url,
+    SCHEMA_VERSION, Store, StoreError, StudyRecord, TrialLine, from_json, new_token, sql_int,
+    to_json, url,
 };
 use crate::opt::Trial;
 
@@ -475,32 +476,6 @@ fn backend(url: &str, config: &postgres::Config, e: &postgres::Error) -> StoreEr
         url: url.into(),
         message,
     }
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(
-    url: &str,
-    table: &str,
-    json: &str,
-) -> Result<T, StoreError> {
-    serde_json::from_str(json).map_err(|e| StoreError::Backend {
-        url: url.into(),
-        message: format!("a record of table {table} cannot be read ({e}): a damaged store?"),
-    })
-}
-
-fn to_json<T: serde::Serialize>(url: &str, value: &T) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|e| StoreError::Backend {
-        url: url.into(),
-        message: format!("cannot encode a record: {e}"),
-    })
-}
-
-/// A trial id as PostgreSQL's BIGINT.
-fn sql_int(url: &str, n: u64) -> Result<i64, StoreError> {
-    i64::try_from(n).map_err(|_| StoreError::Backend {
-        url: url.into(),
-        message: format!("the number {n} is too large for the store"),
-    })
 }
 
 /// An attempt or retry count as INTEGER.

@@ -53,6 +53,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     fs::rename(&tmp, path).map_err(|e| io(path, e))
 }
 
+/// Rewrites `dir/trials.jsonl` with `lines`, atomically (an export of a study store).
+pub fn write_trials(dir: &Path, lines: &[TrialLine]) -> Result<(), StoreError> {
+    let path = dir.join(TRIALS);
+    let mut text = String::new();
+    for l in lines {
+        text.push_str(&serde_json::to_string(l).map_err(|e| io(&path, e))?);
+        text.push('\n');
+    }
+    write_atomic(&path, text.as_bytes())
+}
+
 /// One `ask()` of the optimizer: trial `id` was asked after `told` outcomes had been told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AskLine {

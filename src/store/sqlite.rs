@@ -16,7 +16,8 @@ use rusqlite::{
 
 use super::{
     Claim, Decide, Decision, Event, EventKind, Lease, LeaseSettings, NewStudy, Owner, Running,
-    SCHEMA_VERSION, Store, StoreError, StudyRecord, TrialLine, new_token,
+    SCHEMA_VERSION, Store, StoreError, StudyRecord, TrialLine, from_json, new_token, sql_int,
+    to_json,
 };
 use crate::opt::Trial;
 
@@ -114,6 +115,22 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 impl SqliteStore {
+    /// Runs `sql` (parameters: study, trial, token) on a lease's trial in one transaction;
+    /// `true` when the lease was still held.
+    fn update_held(&mut self, sql: &str, lease: &Lease) -> Result<bool, StoreError> {
+        let (sid, _) = self.study_id(&lease.study)?;
+        let trial_id = sql_int(&self.url, lease.trial.id)?;
+        let url = self.url.clone();
+        let be = |e| backend(&url, e);
+        let tx = self.write_tx()?;
+        let n = tx
+            .prepare_cached(sql)
+            .and_then(|mut st| st.execute(params![sid, trial_id, lease.token]))
+            .map_err(be)?;
+        tx.commit().map_err(be)?;
+        Ok(n == 1)
+    }
+
     /// Opens (or creates) the store file at `path`; its folder must exist.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let url = format!("sqlite://{}", path.display());
@@ -289,32 +306,6 @@ fn backend(url: &str, e: rusqlite::Error) -> StoreError {
         url: url.into(),
         message,
     }
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(
-    url: &str,
-    table: &str,
-    json: &str,
-) -> Result<T, StoreError> {
-    serde_json::from_str(json).map_err(|e| StoreError::Backend {
-        url: url.into(),
-        message: format!("a record of table {table} cannot be read ({e}): a damaged store?"),
-    })
-}
-
-fn to_json<T: serde::Serialize>(url: &str, value: &T) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|e| StoreError::Backend {
-        url: url.into(),
-        message: format!("cannot encode a record: {e}"),
-    })
-}
-
-/// A trial id or sequence number as SQLite's signed integer.
-fn sql_int(url: &str, n: u64) -> Result<i64, StoreError> {
-    i64::try_from(n).map_err(|_| StoreError::Backend {
-        url: url.into(),
-        message: format!("the number {n} is too large for the store"),
-    })
 }
 
 fn insert_event(
@@ -550,17 +541,7 @@ impl Store for SqliteStore {
     }
 
     fn heartbeat(&mut self, lease: &Lease) -> Result<bool, StoreError> {
-        let (sid, _) = self.study_id(&lease.study)?;
-        let trial_id = sql_int(&self.url, lease.trial.id)?;
-        let url = self.url.clone();
-        let be = |e| backend(&url, e);
-        let tx = self.write_tx()?;
-        let n = tx
-            .prepare_cached(HEARTBEAT)
-            .and_then(|mut st| st.execute(params![sid, trial_id, lease.token]))
-            .map_err(be)?;
-        tx.commit().map_err(be)?;
-        Ok(n == 1)
+        self.update_held(HEARTBEAT, lease)
     }
 
     fn finish(
@@ -611,17 +592,7 @@ impl Store for SqliteStore {
     }
 
     fn release(&mut self, lease: &Lease) -> Result<bool, StoreError> {
-        let (sid, _) = self.study_id(&lease.study)?;
-        let trial_id = sql_int(&self.url, lease.trial.id)?;
-        let url = self.url.clone();
-        let be = |e| backend(&url, e);
-        let tx = self.write_tx()?;
-        let n = tx
-            .prepare_cached(RELEASE)
-            .and_then(|mut st| st.execute(params![sid, trial_id, lease.token]))
-            .map_err(be)?;
-        tx.commit().map_err(be)?;
-        Ok(n == 1)
+        self.update_held(RELEASE, lease)
     }
 
     fn events(&mut self, study: &str, since: u64) -> Result<Vec<Event>, StoreError> {
