@@ -449,7 +449,7 @@ fn asked(dir: &Path) -> Vec<u64> {
         .unwrap()
         .into_iter()
         .filter_map(|e| match e.kind {
-            dsnn_hpo::store::EventKind::Ask { trial } => Some(trial.id),
+            dsnn_hpo::store::EventKind::Ask { trial, .. } => Some(trial.id),
             dsnn_hpo::store::EventKind::Tell { .. } => None,
         })
         .collect()

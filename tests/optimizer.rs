@@ -168,6 +168,58 @@ fn run_sequential(seed: u64, trials: usize) -> Vec<Trial> {
     out
 }
 
+/// A copy that adopts another copy's decisions (as a worker replaying the study's log does)
+/// without proposing them ends in the same state: the asks after that are the same, model phase,
+/// promotions and pending trials included.
+#[test]
+fn an_adopting_copy_asks_what_the_deciding_copy_asks() {
+    let budgets = Budgets {
+        min: 1.0,
+        max: 9.0,
+        eta: 3.0,
+        schedule: dsnn_hpo::opt::Schedule::Asha,
+        integer: true,
+    };
+    let settings = SmboSettings {
+        initial_design: Some(6),
+        ..SmboSettings::new(2, 60, budgets, 3)
+    };
+    let mut decider = Smbo::new(mixed_space(), settings.clone()).unwrap();
+    let mut copy = Smbo::new(mixed_space(), settings).unwrap();
+    let mut pending: Vec<Trial> = Vec::new();
+    let mut adopted = 0;
+    for step in 0..50 {
+        let Ask::Trial(t) = decider.ask() else {
+            panic!("step {step}: the decider stopped early");
+        };
+        let state = decider.ask_state(t.id).unwrap();
+        assert!(copy.adopt(&t, &state), "step {step}: {t:?} not adopted");
+        adopted += 1;
+        pending.push(t);
+        // Two trials stay running: results arrive out of order.
+        if pending.len() > 2 {
+            let done = pending.remove(step % 3);
+            let outcome = Outcome::Success {
+                objectives: mixed_objectives(&done),
+            };
+            decider.tell(done.id, outcome.clone()).unwrap();
+            copy.tell(done.id, outcome).unwrap();
+        }
+    }
+    assert_eq!(adopted, 50);
+    assert_eq!(copy.records(), decider.records());
+    for _ in 0..5 {
+        assert_eq!(copy.ask(), decider.ask());
+    }
+    // A decision that is not this optimizer's (another budget) is not adopted.
+    let Ask::Trial(mut t) = decider.ask() else {
+        panic!("no trial")
+    };
+    let state = decider.ask_state(t.id).unwrap();
+    t.budget += 1.0;
+    assert!(!copy.adopt(&t, &state));
+}
+
 #[test]
 fn same_seed_same_suggestions_other_seed_others() {
     // 45 trials: past the 40-point initial design, so model-based proposals are compared too.

@@ -132,14 +132,18 @@ fn many_workers_finishing_out_of_order_replay_exactly() {
             lines.iter().any(|l| l.continued_from.is_some()),
             "{schedule:?}: no promotion happened"
         );
-        // A fresh replica (a process joining late) replays every decision as recorded.
-        let mut fresh = Replica::new(smbo(schedule, 40), None);
+        // A fresh replica (a process joining late) recomputes every decision as recorded.
+        let mut fresh = Replica::verifying(smbo(schedule, 40), None);
         fresh.apply(&s.events("s", 0).unwrap()).unwrap();
         assert_eq!(fresh.lines, lines);
+        // One that adopts the recorded decisions ends in the same optimizer state.
+        let mut adopting = Replica::new(smbo(schedule, 40), None);
+        adopting.apply(&s.events("s", 0).unwrap()).unwrap();
+        assert_eq!(adopting.smbo().records(), fresh.smbo().records());
         // A log that another configuration wrote does not replay: it is checked, not trusted.
-        let mut wrong = Replica::new(smbo(schedule, 40), None);
+        let mut wrong = Replica::verifying(smbo(schedule, 40), None);
         let mut events = s.events("s", 0).unwrap();
-        if let dsnn_hpo::store::EventKind::Ask { trial } = &mut events[0].kind {
+        if let dsnn_hpo::store::EventKind::Ask { trial, .. } = &mut events[0].kind {
             trial.budget += 1.0;
         }
         let e = wrong.apply(&events).unwrap_err();

@@ -127,7 +127,7 @@ fn check_exactly_once(url: &str, trials: usize) -> BTreeSet<u64> {
     let mut pairs = BTreeSet::new();
     for e in &events {
         match &e.kind {
-            EventKind::Ask { trial } => {
+            EventKind::Ask { trial, .. } => {
                 assert!(asked.insert(trial.id), "trial {} asked twice", trial.id)
             }
             EventKind::Tell { line } => {

@@ -74,6 +74,17 @@ impl Outcome {
     }
 }
 
+/// What another copy of the optimizer needs to take over a decision without recomputing it (see
+/// [`Smbo::adopt`]): the proposed configuration bit for bit, and where the random stream stood
+/// after the ask.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AskState {
+    /// The configuration's vector form, as `f64::to_bits`: JSON keeps integers exactly.
+    pub vector: Vec<u64>,
+    /// Words drawn from the random stream so far.
+    pub rng: u64,
+}
+
 /// Answer of [`Smbo::ask`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Ask {

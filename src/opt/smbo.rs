@@ -49,7 +49,7 @@ use super::forest::{Forest, ForestSettings};
 use super::hyperband::{BudgetError, Budgets, Scheduler, SlotKind};
 use super::parego;
 use super::pareto;
-use super::{Ask, Outcome, TellError, Trial};
+use super::{Ask, AskState, Outcome, TellError, Trial};
 
 /// A constraint computable before training (e.g. parameter count): `true` = feasible.
 pub type KnownConstraint = Arc<dyn Fn(&Config) -> bool + Send + Sync>;
@@ -350,6 +350,91 @@ impl Smbo {
             self.pending += 1;
             return Ask::Trial(trial);
         }
+    }
+
+    /// What another copy of this optimizer needs to [`Smbo::adopt`] the trial just asked.
+    pub fn ask_state(&self, id: u64) -> Option<AskState> {
+        let record = self.records.get(id as usize)?;
+        Some(AskState {
+            vector: record.vector.iter().map(|x| x.to_bits()).collect(),
+            rng: u64::try_from(self.rng.get_word_pos()).ok()?,
+        })
+    }
+
+    /// Takes over `trial` as another copy of this optimizer asked it, in the state it reached then,
+    /// without proposing it again: a copy replaying other workers' decisions would otherwise refit
+    /// the model once per decision, under the study lock. What costs nothing to check is checked
+    /// (the slot, the promotion, the initial design); `false` (nothing changed but what
+    /// [`Smbo::ask`] would change first) where the fast path does not apply, e.g. the space ran
+    /// out during that ask: the caller asks instead.
+    pub fn adopt(&mut self, trial: &Trial, state: &AskState) -> bool {
+        if self.records.len() >= self.settings.max_trials || trial.id != self.records.len() as u64 {
+            return false;
+        }
+        let vector: Vec<f64> = state.vector.iter().map(|b| f64::from_bits(*b)).collect();
+        if vector.len() != self.space.len() || self.space.to_config(&vector) != trial.config {
+            return false;
+        }
+        // Opening the next bracket here is what `ask` does first, so a `false` below leaves
+        // nothing for `ask` to redo.
+        let Some(slot) = self.scheduler.next_slot(!self.exhausted) else {
+            return false;
+        };
+        if slot.budget != trial.budget {
+            return false;
+        }
+        match slot.kind {
+            SlotKind::Promote { from } => {
+                let same = self
+                    .records
+                    .get(from as usize)
+                    .is_some_and(|r| SearchSpace::key(&r.vector) == SearchSpace::key(&vector));
+                if trial.continues != Some(from) || !same || state.rng != self.rng_words() {
+                    return false;
+                }
+            }
+            SlotKind::New => {
+                if trial.continues.is_some() {
+                    return false;
+                }
+                let key = SearchSpace::key(&vector);
+                let default = SearchSpace::key(&self.space.default_vector());
+                let from_design = self.design.iter().position(|v| {
+                    let k = SearchSpace::key(v);
+                    !self.proposed.contains(&k)
+                        && (k == default || self.known.allows(&self.space, v))
+                });
+                match from_design {
+                    Some(i) => {
+                        if SearchSpace::key(&self.design[i]) != key || state.rng != self.rng_words()
+                        {
+                            return false;
+                        }
+                        self.design.drain(..=i);
+                    }
+                    None => {
+                        if self.proposed.contains(&key) || state.rng < self.rng_words() {
+                            return false;
+                        }
+                        self.design.clear();
+                        self.rng.set_word_pos(u128::from(state.rng));
+                    }
+                }
+                self.proposed.insert(key);
+            }
+        }
+        self.scheduler.claim(&slot, trial.id);
+        self.records.push(TrialRecord {
+            trial: trial.clone(),
+            vector,
+            outcome: None,
+        });
+        self.pending += 1;
+        true
+    }
+
+    fn rng_words(&self) -> u64 {
+        u64::try_from(self.rng.get_word_pos()).unwrap_or(u64::MAX)
     }
 
     /// Records the result of trial `id`. Non-finite objective values turn the outcome (success or

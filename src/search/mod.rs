@@ -327,7 +327,10 @@ fn legacy_events(dir: &Path, mut smbo: Smbo) -> Result<Vec<EventKind>, Error> {
         if let Some(a) = asks.get(next_ask).filter(|a| a.told <= told) {
             match smbo.ask() {
                 Ask::Trial(t) if t.id == a.id => {
-                    events.push(EventKind::Ask { trial: t });
+                    events.push(EventKind::Ask {
+                        state: smbo.ask_state(t.id),
+                        trial: t,
+                    });
                     next_ask += 1;
                 }
                 _ => {
@@ -352,6 +355,7 @@ fn legacy_events(dir: &Path, mut smbo: Smbo) -> Result<Vec<EventKind>, Error> {
     for line in lines.iter().filter(|l| l.baseline) {
         events.push(EventKind::Ask {
             trial: line.trial(),
+            state: None,
         });
         events.push(EventKind::Tell {
             line: Box::new(line.clone()),

@@ -1,10 +1,13 @@
 //! A process's copy of the study's optimizer, kept up to date from the store's log.
 //!
 //! Every process replays the same events in the same order into an optimizer built from the same
-//! configuration and seed, so every copy makes the decision the log records: a replayed `Ask`
-//! must be what this copy asks at that point, or the log belongs to another configuration or
-//! release. Decisions are made only inside [`crate::store::Store::claim`] (under the study lock),
-//! right after replaying what others recorded.
+//! configuration and seed, so every copy makes the decision the log records. Decisions are made
+//! only inside [`crate::store::Store::claim`] (under the study lock), right after replaying what
+//! others recorded. A replayed `Ask` carries the state its decider reached, so a worker takes it
+//! over ([`Smbo::adopt`]) instead of refitting the model for every other worker's decision while
+//! holding the lock: that refit made the lock, not the trials, the bottleneck at 8 workers. A
+//! verifying replica ([`Replica::verifying`]) recomputes every decision instead, and a replayed
+//! `Ask` that is not what it asks means the log belongs to another configuration or release.
 //!
 //! After the optimizer asks nothing more, one more trial may be decided (as soon as no trial of
 //! the default configuration is running): the default configuration at the largest budget (the
@@ -30,6 +33,8 @@ pub struct Replica {
     baseline_asked: u64,
     /// The default configuration and the largest budget, when a baseline is wanted.
     baseline: Option<(Config, f64)>,
+    /// Recompute every replayed decision instead of adopting it.
+    verify: bool,
 }
 
 fn mismatch(what: String) -> String {
@@ -46,6 +51,15 @@ impl Replica {
             baseline_pending: BTreeMap::new(),
             baseline_asked: 0,
             baseline,
+            verify: false,
+        }
+    }
+
+    /// A replica that recomputes every decision it replays and checks it against the log.
+    pub fn verifying(smbo: Smbo, baseline: Option<(Config, f64)>) -> Replica {
+        Replica {
+            verify: true,
+            ..Replica::new(smbo, baseline)
         }
     }
 
@@ -60,16 +74,19 @@ impl Replica {
                 continue;
             }
             match &e.kind {
-                EventKind::Ask { trial } if trial.id >= BASELINE_IDS => {
+                EventKind::Ask { trial, .. } if trial.id >= BASELINE_IDS => {
                     if self.own.front() == Some(trial) {
                         self.own.pop_front();
                     }
                     self.baseline_asked += 1;
                     self.baseline_pending.insert(trial.id, trial.clone());
                 }
-                EventKind::Ask { trial } => {
+                EventKind::Ask { trial, state } => {
                     if self.own.front() == Some(trial) {
                         self.own.pop_front();
+                    } else if !self.verify
+                        && state.as_ref().is_some_and(|s| self.smbo.adopt(trial, s))
+                    {
                     } else {
                         match self.smbo.ask() {
                             Ask::Trial(t) if t == *trial => {}
@@ -117,7 +134,8 @@ impl Replica {
         match self.smbo.ask() {
             Ask::Trial(t) => {
                 self.own.push_back(t.clone());
-                Ok(Decision::Run(t))
+                let state = self.smbo.ask_state(t.id);
+                Ok(Decision::Run(t, state))
             }
             Ask::Wait => Ok(Decision::Wait),
             Ask::Done => {
@@ -132,7 +150,7 @@ impl Replica {
                 });
                 if !default_running && let Some(t) = self.baseline_trial() {
                     self.own.push_back(t.clone());
-                    return Ok(Decision::Run(t));
+                    return Ok(Decision::Run(t, None));
                 }
                 if self.smbo.pending() > 0 || !self.baseline_pending.is_empty() {
                     Ok(Decision::Wait)

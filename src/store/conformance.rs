@@ -13,7 +13,7 @@ use super::{
     Claim, Decision, Event, EventKind, LeaseSettings, NewStudy, Owner, RunInfo, Store, StoreError,
     TrialLine, TrialStatus,
 };
-use crate::opt::Trial;
+use crate::opt::{AskState, Trial};
 use crate::space::Config;
 
 /// Gives a fresh connection to a fresh, empty store.
@@ -44,6 +44,7 @@ pub const PROPERTIES: &[(&str, Property)] = &[
     ("release_requeues_at_once", release_requeues_at_once),
     ("queued_and_running", queued_and_running),
     ("drop_checkpoints", drop_checkpoints),
+    ("progress_survives_requeue", progress_survives_requeue),
     ("import", import),
     ("concurrent_workers", concurrent_workers),
 ];
@@ -137,7 +138,9 @@ fn success(t: &Trial) -> TrialLine {
 fn claim_run(store: &mut dyn Store, who: &str, decision: Trial) -> super::Lease {
     let mut decision = Some(decision);
     match claim_with(store, who, 0, &mut |_| {
-        Ok(decision.take().map_or(Decision::Wait, Decision::Run))
+        Ok(decision
+            .take()
+            .map_or(Decision::Wait, |t| Decision::Run(t, None)))
     }) {
         Claim::Run(lease) => lease,
         other => panic!("claim with Decision::Run gave {other:?}, expected a lease"),
@@ -281,10 +284,23 @@ pub fn studies(make: &Factory<'_>) {
     );
 }
 
-/// `Decision::Run` records one `Ask` event and hands out a first-attempt lease.
+/// `Decision::Run` records one `Ask` event, with the decider's state bit for bit (NaN and
+/// extreme bit patterns included), and hands out a first-attempt lease.
 pub fn claim_run_records_ask(make: &Factory<'_>) {
     let mut store = store_with_study(make, long_leases());
-    let lease = claim_run(&mut *store, "w1", trial(0));
+    let state = AskState {
+        vector: vec![0.25f64.to_bits(), f64::NAN.to_bits(), u64::MAX, 0],
+        rng: u64::MAX - 1,
+    };
+    let mut decision = Some((trial(0), state.clone()));
+    let lease = match claim_with(&mut *store, "w1", 0, &mut |_| {
+        Ok(decision
+            .take()
+            .map_or(Decision::Wait, |(t, s)| Decision::Run(t, Some(s))))
+    }) {
+        Claim::Run(lease) => lease,
+        other => panic!("claim with Decision::Run gave {other:?}, expected a lease"),
+    };
     assert_eq!(lease.study, "s");
     assert_eq!(lease.trial, trial(0));
     assert_eq!(lease.attempt, 1, "a new trial's first attempt");
@@ -292,7 +308,13 @@ pub fn claim_run_records_ask(make: &Factory<'_>) {
     assert!(!lease.token.is_empty(), "a lease needs a token");
     let ev = events(&mut *store);
     assert_eq!(ev.len(), 1, "one Ask event expected, got {ev:?}");
-    assert_eq!(ev[0].kind, EventKind::Ask { trial: trial(0) });
+    assert_eq!(
+        ev[0].kind,
+        EventKind::Ask {
+            trial: trial(0),
+            state: Some(state)
+        }
+    );
     let second = claim_run(&mut *store, "w2", trial(1));
     assert_ne!(second.token, lease.token, "two leases share a token");
     let ev = events(&mut *store);
@@ -431,7 +453,7 @@ pub fn asking_an_id_twice_is_refused(make: &Factory<'_>) {
     let mut again = trial(7);
     again.budget = 9.0;
     match store.claim("s", &owner("w"), 0, &mut |_| {
-        Ok(Decision::Run(again.clone()))
+        Ok(Decision::Run(again.clone(), None))
     }) {
         Err(StoreError::Decide(msg)) => assert!(msg.contains('7'), "should name the id: {msg}"),
         other => panic!("asking trial 7 twice gave {other:?}, expected StoreError::Decide"),
@@ -481,11 +503,17 @@ pub fn finish_records_tell(make: &Factory<'_>) {
     assert_eq!(
         kinds,
         [
-            EventKind::Ask { trial: trial(0) },
+            EventKind::Ask {
+                trial: trial(0),
+                state: None
+            },
             EventKind::Tell {
                 line: Box::new(line0)
             },
-            EventKind::Ask { trial: t1 },
+            EventKind::Ask {
+                trial: t1,
+                state: None
+            },
             EventKind::Tell {
                 line: Box::new(line1)
             },
@@ -596,6 +624,63 @@ pub fn stale_token_is_fenced(make: &Factory<'_>) {
         .filter(|e| matches!(e.kind, EventKind::Tell { .. }))
         .count();
     assert_eq!(tells, 1, "exactly one Tell for the fenced trial");
+}
+
+/// Progress saved by a lease holder replaces the earlier one, survives the lease being taken away
+/// (the next attempt continues it) and a release, is refused from a stale token, and is gone
+/// once the trial finishes or the study's saved states are dropped.
+pub fn progress_survives_requeue(make: &Factory<'_>) {
+    let mut store = store_with_study(make, short_leases(2));
+    assert_eq!(ok("progress", store.progress("s", 0)), None);
+    let first = claim_run(&mut *store, "w1", trial(0));
+    assert!(ok("save_progress", store.save_progress(&first, b"epoch 1")));
+    assert!(ok("save_progress", store.save_progress(&first, b"epoch 2")));
+    assert_eq!(
+        ok("progress", store.progress("s", 0)),
+        Some(b"epoch 2".to_vec()),
+        "the later progress replaces the earlier"
+    );
+    std::thread::sleep(PAST_GRACE);
+    let second = claim_queued(&mut *store, "w2");
+    assert_eq!(second.attempt, 2);
+    assert_eq!(
+        ok("progress", store.progress("s", 0)),
+        Some(b"epoch 2".to_vec()),
+        "a re-queued trial lost its progress"
+    );
+    let mut late = ok("connect_again", store.connect_again());
+    assert!(
+        !ok("save_progress", late.save_progress(&first, b"late")),
+        "progress from a stale token must be refused"
+    );
+    assert_eq!(
+        ok("progress", store.progress("s", 0)),
+        Some(b"epoch 2".to_vec())
+    );
+    assert!(ok(
+        "save_progress",
+        store.save_progress(&second, b"epoch 3")
+    ));
+    assert!(ok("release", store.release(&second)));
+    let third = claim_queued(&mut *store, "w3");
+    assert_eq!(
+        ok("progress", store.progress("s", 0)),
+        Some(b"epoch 3".to_vec()),
+        "a released trial lost its progress"
+    );
+    assert!(ok(
+        "finish",
+        store.finish(&third, &success(&trial(0)), None)
+    ));
+    assert_eq!(
+        ok("progress", store.progress("s", 0)),
+        None,
+        "a finished trial keeps its progress"
+    );
+    let other = claim_run(&mut *store, "w1", trial(1));
+    assert!(ok("save_progress", store.save_progress(&other, b"x")));
+    ok("drop_checkpoints", store.drop_checkpoints("s"));
+    assert_eq!(ok("progress", store.progress("s", 1)), None);
 }
 
 /// After `max_retries` silent periods the trial is failed with a `Tell` whose line has status
@@ -738,7 +823,7 @@ pub fn drop_checkpoints(make: &Factory<'_>) {
     let ol = match ok(
         "claim",
         store.claim("other", &owner("w"), 0, &mut |_| {
-            Ok(Decision::Run(trial(0)))
+            Ok(Decision::Run(trial(0), None))
         }),
     ) {
         Claim::Run(l) => l,
@@ -769,13 +854,25 @@ pub fn drop_checkpoints(make: &Factory<'_>) {
 pub fn import(make: &Factory<'_>) {
     let mut store = store_with_study(make, long_leases());
     let kinds = vec![
-        EventKind::Ask { trial: trial(0) },
-        EventKind::Ask { trial: trial(1) },
+        EventKind::Ask {
+            trial: trial(0),
+            state: None,
+        },
+        EventKind::Ask {
+            trial: trial(1),
+            state: None,
+        },
         EventKind::Tell {
             line: Box::new(success(&trial(0))),
         },
-        EventKind::Ask { trial: trial(2) },
-        EventKind::Ask { trial: trial(3) },
+        EventKind::Ask {
+            trial: trial(2),
+            state: None,
+        },
+        EventKind::Ask {
+            trial: trial(3),
+            state: None,
+        },
         EventKind::Tell {
             line: Box::new(success(&trial(3))),
         },
@@ -802,7 +899,7 @@ pub fn import(make: &Factory<'_>) {
     let mut seen = Vec::new();
     let c = claim_with(&mut *store, "w", 0, &mut |ev| {
         seen = ev.to_vec();
-        Ok(Decision::Run(trial(4)))
+        Ok(Decision::Run(trial(4), None))
     });
     assert!(matches!(c, Claim::Run(l) if l.trial.id == 4));
     assert_eq!(
@@ -850,7 +947,7 @@ pub fn concurrent_workers(make: &Factory<'_>) {
                                 ));
                             }
                             last_seq = e.seq;
-                            if let EventKind::Ask { trial } = &e.kind {
+                            if let EventKind::Ask { trial, .. } = &e.kind {
                                 if trial.id != asks {
                                     return Err(format!(
                                         "{who}: replayed ask of trial {} where trial {asks} was next: a decision missed another's ask",
@@ -861,7 +958,7 @@ pub fn concurrent_workers(make: &Factory<'_>) {
                             }
                         }
                         Ok(if asks < CONCURRENT_TRIALS {
-                            Decision::Run(trial(asks))
+                            Decision::Run(trial(asks), None)
                         } else {
                             Decision::Done
                         })
@@ -900,7 +997,7 @@ pub fn concurrent_workers(make: &Factory<'_>) {
     let mut tells = BTreeMap::new();
     for e in &ev {
         match &e.kind {
-            EventKind::Ask { trial } => *asks.entry(trial.id).or_insert(0) += 1,
+            EventKind::Ask { trial, .. } => *asks.entry(trial.id).or_insert(0) += 1,
             EventKind::Tell { line } => *tells.entry(line.id).or_insert(0) += 1,
         }
     }

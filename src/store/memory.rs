@@ -36,6 +36,7 @@ struct StudyState {
     events: Vec<Event>,
     trials: BTreeMap<u64, TrialState>,
     checkpoints: BTreeMap<u64, Vec<u8>>,
+    progress: BTreeMap<u64, Vec<u8>>,
 }
 
 #[derive(Debug, Default)]
@@ -227,7 +228,7 @@ impl Store for MemoryStore {
         }
         let events: Vec<Event> = s.events.iter().filter(|e| e.seq > since).cloned().collect();
         let decision = match decide(&events) {
-            Ok(Decision::Run(trial)) if s.trials.contains_key(&trial.id) => Err(format!(
+            Ok(Decision::Run(trial, _)) if s.trials.contains_key(&trial.id) => Err(format!(
                 "the optimizer asked for trial {} again (it was asked before)",
                 trial.id
             )),
@@ -240,12 +241,13 @@ impl Store for MemoryStore {
             }
             Ok(Decision::Wait) => Ok(Claim::Wait),
             Ok(Decision::Done) => Ok(Claim::Done),
-            Ok(Decision::Run(trial)) => {
+            Ok(Decision::Run(trial, state)) => {
                 let token = new_token();
                 inner.push(
                     study,
                     EventKind::Ask {
                         trial: trial.clone(),
+                        state,
                     },
                 )?;
                 let (_, s) = inner.study_mut(study)?;
@@ -309,6 +311,7 @@ impl Store for MemoryStore {
         if let Some(from) = line.continued_from {
             s.checkpoints.remove(&from);
         }
+        s.progress.remove(&lease.trial.id);
         inner.push(
             &lease.study,
             EventKind::Tell {
@@ -377,9 +380,26 @@ impl Store for MemoryStore {
         Ok(inner.study_mut(study)?.1.checkpoints.get(&trial).cloned())
     }
 
+    fn save_progress(&mut self, lease: &Lease, progress: &[u8]) -> Result<bool, StoreError> {
+        let mut inner = self.lock()?;
+        let (_, s) = inner.study_mut(&lease.study)?;
+        if !holds(s, lease) {
+            return Ok(false);
+        }
+        s.progress.insert(lease.trial.id, progress.to_vec());
+        Ok(true)
+    }
+
+    fn progress(&mut self, study: &str, trial: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut inner = self.lock()?;
+        Ok(inner.study_mut(study)?.1.progress.get(&trial).cloned())
+    }
+
     fn drop_checkpoints(&mut self, study: &str) -> Result<(), StoreError> {
         let mut inner = self.lock()?;
-        inner.study_mut(study)?.1.checkpoints.clear();
+        let (_, s) = inner.study_mut(study)?;
+        s.checkpoints.clear();
+        s.progress.clear();
         Ok(())
     }
 
@@ -390,7 +410,7 @@ impl Store for MemoryStore {
             inner.push(study, kind.clone())?;
             let (_, s) = inner.study_mut(study)?;
             match kind {
-                EventKind::Ask { trial } => {
+                EventKind::Ask { trial, .. } => {
                     s.trials.insert(
                         trial.id,
                         TrialState {

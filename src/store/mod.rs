@@ -28,7 +28,7 @@ pub mod url;
 
 use serde::{Deserialize, Serialize};
 
-use crate::opt::Trial;
+use crate::opt::{AskState, Trial};
 
 pub use record::{BASELINE_IDS, Metrics, RunInfo, TrialLine, TrialStatus};
 pub use run_dir::{
@@ -129,7 +129,13 @@ pub struct StudyRecord {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum EventKind {
     /// The optimizer (or the baseline rule) decided to run this trial.
-    Ask { trial: Trial },
+    Ask {
+        trial: Trial,
+        /// Lets other processes take the decision over without recomputing it; absent in logs
+        /// written before it existed (they are replayed by recomputing).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        state: Option<AskState>,
+    },
     /// A trial finished (successful, infeasible, or failed: by its worker, or by the store after
     /// its workers went silent too often).
     Tell { line: Box<TrialLine> },
@@ -185,7 +191,8 @@ pub struct Lease {
 /// What the optimizer decided, given the events it replayed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
-    Run(Trial),
+    /// Run this trial; the state goes into its `Ask` event.
+    Run(Trial, Option<AskState>),
     /// Nothing to start before a running trial finishes.
     Wait,
     /// The study is done: nothing more will be asked.
@@ -271,7 +278,16 @@ pub trait Store: Send {
     /// The saved state a trial finished with, if it is still kept.
     fn checkpoint(&mut self, study: &str, trial: u64) -> Result<Option<Vec<u8>>, StoreError>;
 
-    /// Deletes every saved state of the study (it is done).
+    /// Saves how far a running trial got (its own state after some of its epochs), replacing
+    /// what it saved before, so that a later attempt of it continues there instead of starting
+    /// over. `false`, and nothing written, when the lease was taken away. Deleted when the trial
+    /// finishes, and with the study's other saved states.
+    fn save_progress(&mut self, lease: &Lease, progress: &[u8]) -> Result<bool, StoreError>;
+
+    /// What an earlier attempt of a trial saved with [`Store::save_progress`], if anything.
+    fn progress(&mut self, study: &str, trial: u64) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Deletes every saved state of the study (it is done), progress included.
     fn drop_checkpoints(&mut self, study: &str) -> Result<(), StoreError>;
 
     /// Appends events recorded elsewhere (a run directory of an earlier release), in order, in

@@ -62,6 +62,12 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     bytes BYTEA NOT NULL,
     PRIMARY KEY (study_id, trial_id)
 );
+CREATE TABLE IF NOT EXISTS progress (
+    study_id BIGINT NOT NULL REFERENCES studies(id),
+    trial_id BIGINT NOT NULL,
+    bytes BYTEA NOT NULL,
+    PRIMARY KEY (study_id, trial_id)
+);
 ";
 
 /// Serialises schema creation among processes starting at once (`CREATE TABLE IF NOT EXISTS`
@@ -337,7 +343,7 @@ impl Tx<'_, '_> {
 
     fn insert_event(&mut self, study_id: i64, kind: &EventKind) -> Result<(), TxError> {
         let (name, trial_id) = match kind {
-            EventKind::Ask { trial } => ("ask", trial.id),
+            EventKind::Ask { trial, .. } => ("ask", trial.id),
             EventKind::Tell { line } => ("tell", line.id),
         };
         let trial_id = sql_int(self.url, trial_id)?;
@@ -671,10 +677,10 @@ impl Store for PostgresStore {
             )?;
             let events = rows_to_events(tx.url, rows)?;
             decided = true;
-            let trial = match decide(&events).map_err(StoreError::Decide)? {
+            let (trial, state) = match decide(&events).map_err(StoreError::Decide)? {
                 Decision::Wait => return Ok(Claim::Wait),
                 Decision::Done => return Ok(Claim::Done),
-                Decision::Run(trial) => trial,
+                Decision::Run(trial, state) => (trial, state),
             };
             let trial_id = sql_int(tx.url, trial.id)?;
             let asked = !tx
@@ -693,6 +699,7 @@ impl Store for PostgresStore {
                 sid,
                 &EventKind::Ask {
                     trial: trial.clone(),
+                    state,
                 },
             )?;
             let token = new_token();
@@ -765,6 +772,10 @@ impl Store for PostgresStore {
                     &[&sid, &from],
                 )?;
             }
+            tx.execute(
+                "DELETE FROM progress WHERE study_id = $1 AND trial_id = $2",
+                &[&sid, &trial_id],
+            )?;
             tx.insert_event(
                 sid,
                 &EventKind::Tell {
@@ -848,11 +859,48 @@ impl Store for PostgresStore {
         })
     }
 
+    fn save_progress(&mut self, lease: &Lease, progress: &[u8]) -> Result<bool, StoreError> {
+        let (sid, _) = self.study_id(&lease.study)?;
+        let trial_id = sql_int(&self.url, lease.trial.id)?;
+        self.transact(|tx| {
+            // The row lock this update takes keeps a claim from taking the lease away before
+            // the progress is written; it renews the heartbeat too.
+            let n = tx.execute(
+                "UPDATE trials SET heartbeat_at = extract(epoch from clock_timestamp())
+                 WHERE study_id = $1 AND trial_id = $2 AND state = 'running' AND token = $3",
+                &[&sid, &trial_id, &lease.token],
+            )?;
+            if n == 0 {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT INTO progress (study_id, trial_id, bytes) VALUES ($1, $2, $3)
+                 ON CONFLICT (study_id, trial_id) DO UPDATE SET bytes = excluded.bytes",
+                &[&sid, &trial_id, &progress],
+            )?;
+            Ok(true)
+        })
+    }
+
+    fn progress(&mut self, study: &str, trial: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let (sid, _) = self.study_id(study)?;
+        let trial_id = sql_int(&self.url, trial)?;
+        self.read(|client, _, _| {
+            Ok(client
+                .query_opt(
+                    "SELECT bytes FROM progress WHERE study_id = $1 AND trial_id = $2",
+                    &[&sid, &trial_id],
+                )?
+                .map(|r| r.get(0)))
+        })
+    }
+
     fn drop_checkpoints(&mut self, study: &str) -> Result<(), StoreError> {
         let (sid, _) = self.study_id(study)?;
         self.transact(|tx| {
             tx.lock_study(sid)?;
             tx.execute("DELETE FROM checkpoints WHERE study_id = $1", &[&sid])?;
+            tx.execute("DELETE FROM progress WHERE study_id = $1", &[&sid])?;
             Ok(())
         })
     }
@@ -864,7 +912,7 @@ impl Store for PostgresStore {
             for kind in events {
                 tx.insert_event(sid, kind)?;
                 match kind {
-                    EventKind::Ask { trial } => {
+                    EventKind::Ask { trial, .. } => {
                         let json = to_json(tx.url, trial)?;
                         let trial_id = sql_int(tx.url, trial.id)?;
                         tx.execute(

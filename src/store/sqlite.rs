@@ -59,6 +59,12 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     bytes BLOB NOT NULL,
     PRIMARY KEY (study_id, trial_id)
 );
+CREATE TABLE IF NOT EXISTS progress (
+    study_id INTEGER NOT NULL REFERENCES studies(id),
+    trial_id INTEGER NOT NULL,
+    bytes BLOB NOT NULL,
+    PRIMARY KEY (study_id, trial_id)
+);
 ";
 
 const NOW: &str = "SELECT unixepoch('subsec')";
@@ -315,7 +321,7 @@ fn insert_event(
     kind: &EventKind,
 ) -> Result<(), StoreError> {
     let (name, trial_id) = match kind {
-        EventKind::Ask { trial } => ("ask", trial.id),
+        EventKind::Ask { trial, .. } => ("ask", trial.id),
         EventKind::Tell { line } => ("tell", line.id),
     };
     let trial_id = sql_int(url, trial_id)?;
@@ -496,7 +502,7 @@ impl Store for SqliteStore {
 
         // Otherwise the optimizer decides, having replayed what it has not seen.
         let events = read_events(&tx, &url, sid, since)?;
-        let trial = match decide(&events).map_err(StoreError::Decide)? {
+        let (trial, state) = match decide(&events).map_err(StoreError::Decide)? {
             Decision::Wait => {
                 tx.commit().map_err(be)?;
                 return Ok(Claim::Wait);
@@ -505,7 +511,7 @@ impl Store for SqliteStore {
                 tx.commit().map_err(be)?;
                 return Ok(Claim::Done);
             }
-            Decision::Run(trial) => trial,
+            Decision::Run(trial, state) => (trial, state),
         };
         let trial_id = sql_int(&url, trial.id)?;
         let asked: bool = tx
@@ -520,6 +526,7 @@ impl Store for SqliteStore {
         }
         let kind = EventKind::Ask {
             trial: trial.clone(),
+            state,
         };
         insert_event(&tx, &url, sid, &kind)?;
         let token = new_token();
@@ -579,6 +586,9 @@ impl Store for SqliteStore {
                 .and_then(|mut st| st.execute(params![sid, from]))
                 .map_err(be)?;
         }
+        tx.prepare_cached("DELETE FROM progress WHERE study_id = ?1 AND trial_id = ?2")
+            .and_then(|mut st| st.execute(params![sid, trial_id]))
+            .map_err(be)?;
         insert_event(
             &tx,
             &url,
@@ -653,14 +663,55 @@ impl Store for SqliteStore {
             .map_err(self.be())
     }
 
+    fn save_progress(&mut self, lease: &Lease, progress: &[u8]) -> Result<bool, StoreError> {
+        let (sid, _) = self.study_id(&lease.study)?;
+        let trial_id = sql_int(&self.url, lease.trial.id)?;
+        let url = self.url.clone();
+        let be = |e| backend(&url, e);
+        let tx = self.write_tx()?;
+        // The heartbeat's update both checks the lease and renews it.
+        let n = tx
+            .prepare_cached(HEARTBEAT)
+            .and_then(|mut st| st.execute(params![sid, trial_id, lease.token]))
+            .map_err(be)?;
+        if n == 0 {
+            return Ok(false);
+        }
+        tx.prepare_cached(
+            "INSERT INTO progress (study_id, trial_id, bytes) VALUES (?1, ?2, ?3)
+             ON CONFLICT (study_id, trial_id) DO UPDATE SET bytes = excluded.bytes",
+        )
+        .and_then(|mut st| st.execute(params![sid, trial_id, progress]))
+        .map_err(be)?;
+        tx.commit().map_err(be)?;
+        Ok(true)
+    }
+
+    fn progress(&mut self, study: &str, trial: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let (sid, _) = self.study_id(study)?;
+        let trial_id = sql_int(&self.url, trial)?;
+        self.conn
+            .prepare_cached("SELECT bytes FROM progress WHERE study_id = ?1 AND trial_id = ?2")
+            .and_then(|mut st| {
+                st.query_row(params![sid, trial_id], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(self.be())
+    }
+
     fn drop_checkpoints(&mut self, study: &str) -> Result<(), StoreError> {
         let (sid, _) = self.study_id(study)?;
         let url = self.url.clone();
         let be = |e| backend(&url, e);
         let tx = self.write_tx()?;
-        tx.prepare_cached("DELETE FROM checkpoints WHERE study_id = ?1")
-            .and_then(|mut st| st.execute([sid]))
-            .map_err(be)?;
+        for sql in [
+            "DELETE FROM checkpoints WHERE study_id = ?1",
+            "DELETE FROM progress WHERE study_id = ?1",
+        ] {
+            tx.prepare_cached(sql)
+                .and_then(|mut st| st.execute([sid]))
+                .map_err(be)?;
+        }
         tx.commit().map_err(be)
     }
 
@@ -672,7 +723,7 @@ impl Store for SqliteStore {
         for kind in events {
             insert_event(&tx, &url, sid, kind)?;
             match kind {
-                EventKind::Ask { trial } => {
+                EventKind::Ask { trial, .. } => {
                     let json = to_json(&url, trial)?;
                     let trial_id = sql_int(&url, trial.id)?;
                     tx.prepare_cached(
