@@ -129,6 +129,44 @@ fn continuation_equals_straight_training() {
     }
 }
 
+/// A trial killed after some epochs continues from its newest progress generation: the same
+/// result as training straight through, with the earlier epochs not trained again.
+#[test]
+fn progress_generations_continue_a_killed_trial_exactly() {
+    let data = bundled(300);
+    let cfg = TrainConfig {
+        schedule_epochs: Some(3),
+        ..small(ShiftKind::Ps, OptimizerKind::Adam)
+    };
+    let root = tempfile::tempdir().unwrap();
+    let progress = root.path().join("5.progress");
+    let straight = run(
+        &cfg,
+        &data,
+        3,
+        &RunOptions {
+            progress_to: Some(&progress),
+            ..Default::default()
+        },
+    );
+    // Generations after epochs 1 and 2; none after the last (the trial's own result).
+    let (newest, path) = dsnn_hpo::store::progress::newest(&progress).unwrap();
+    assert_eq!(newest, 2);
+    assert!(progress.join("1").join("state.json").exists());
+    assert!(!progress.join("3").exists());
+    let continued = run(
+        &cfg,
+        &data,
+        3,
+        &RunOptions {
+            resume_from: Some(&path),
+            ..Default::default()
+        },
+    );
+    assert_eq!(continued.start_epoch, 2);
+    assert_eq!(outcome(&continued), outcome(&straight));
+}
+
 #[test]
 fn a_checkpoint_of_another_configuration_is_refused() {
     let data = bundled(200);

@@ -239,6 +239,137 @@ fn postgres_workers_killed_mid_trial_lose_nothing() {
     killed_workers_lose_nothing(&db.fresh_url());
 }
 
+/// A trial whose worker is killed after some epochs continues, on the next worker, from the
+/// progress the killed one saved through the store (the workers share no folder), not from
+/// epoch 0; the progress is gone from the store once the trial finished.
+fn a_killed_trial_continues_its_progress(url: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("epochs.log");
+    let script = dir.path().join("objective.py");
+    // One line per epoch trained: trial, epoch, process.
+    std::fs::write(
+        &script,
+        r#"import json, os, sys, time
+t = json.loads(sys.stdin.readline())
+p = os.environ["DSNN_HPO_PROGRESS"]
+done = [int(g) for g in os.listdir(p) if g.isdigit()]
+start = max(done) if done else 0
+for e in range(start, int(t["budget"])):
+    time.sleep(0.4)
+    tmp = os.path.join(p, "%d.tmp" % (e + 1))
+    os.makedirs(tmp)
+    os.rename(tmp, os.path.join(p, str(e + 1)))
+    with open(sys.argv[1], "a") as f:
+        f.write("%d %d %d\n" % (t["trial_id"], e + 1, os.getpid()))
+x = t["config"]["x"]
+print(json.dumps({"loss": (1 - x) ** 2, "energy": x}))
+"#,
+    )
+    .expect("write script");
+    let config = dir.path().join("study.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"name = "progress"
+[objective]
+kind = "command"
+command = ["python3", "{}", "{}"]
+names = ["loss", "energy"]
+timeout_s = 60
+[search]
+trials = 2
+seed = 1
+[fidelity]
+min_epochs = 8
+max_epochs = 8
+[study]
+heartbeat_s = 0.2
+grace_s = 30
+[[space]]
+name = "x"
+type = "float"
+low = 0.0
+high = 1.0
+default = 0.5
+"#,
+            script.display(),
+            log.display()
+        ),
+    )
+    .expect("write config");
+    create(url, &config);
+    let lines = || -> Vec<(u64, u64, u64)> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let v: Vec<u64> = l.split(' ').filter_map(|x| x.parse().ok()).collect();
+                (v.len() == 3).then(|| (v[0], v[1], v[2]))
+            })
+            .collect()
+    };
+    let mut a = worker(url);
+    wait_until(
+        "3 epochs of the first trial",
+        Duration::from_secs(60),
+        || {
+            if let Some(status) = a.try_wait().expect("wait") {
+                let mut err = String::new();
+                if let Some(mut e) = a.stderr.take() {
+                    use std::io::Read;
+                    let _ = e.read_to_string(&mut err);
+                }
+                let lines = store::open(url)
+                    .and_then(|mut s| store::finished_lines(s.as_mut(), "s"))
+                    .expect("lines");
+                panic!("the worker ended early ({status}): {err} {lines:?}");
+            }
+            lines().len() >= 3
+        },
+    );
+    let (victim, _, first_pid) = lines()[0];
+    // A few heartbeats, so the newest progress reached the store.
+    std::thread::sleep(Duration::from_millis(800));
+    a.kill().expect("kill -9");
+    a.wait().expect("reap");
+    let killed_at = lines()
+        .iter()
+        .filter(|(t, _, p)| *t == victim && *p == first_pid)
+        .map(|(_, e, _)| *e)
+        .max()
+        .expect("epochs before the kill");
+    let b = worker(url);
+    wait_all(vec![b], Duration::from_secs(120));
+    check_exactly_once(url, 2);
+    let resumed: Vec<u64> = lines()
+        .iter()
+        .filter(|(t, _, p)| *t == victim && *p != first_pid)
+        .map(|(_, e, _)| *e)
+        .collect();
+    assert!(
+        !resumed.is_empty() && resumed[0] > 1 && resumed[0] + 2 >= killed_at,
+        "trial {victim} killed after epoch {killed_at} went on from epochs {resumed:?}"
+    );
+    assert_eq!(resumed.last(), Some(&8));
+    let mut s = store::open(url).expect("open store");
+    assert_eq!(s.progress("s", victim).expect("progress"), None);
+}
+
+#[test]
+fn sqlite_killed_trial_continues_its_progress() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("study.db").display());
+    a_killed_trial_continues_its_progress(&url);
+}
+
+#[test]
+fn postgres_killed_trial_continues_its_progress() {
+    let Some(db) = TestSchemas::from_env() else {
+        return;
+    };
+    a_killed_trial_continues_its_progress(&db.fresh_url());
+}
+
 /// A worker stopped past the grace period loses its trial to another, and its late result is
 /// refused when it wakes.
 fn stopped_worker_is_fenced(url: &str) {
@@ -454,6 +585,100 @@ energy_model = "opcount"
 
 /// SIGTERM (what SLURM sends before preemption) hands the running trial back at once: the
 /// worker exits without waiting for it, and the trial is queued for the next worker.
+/// A DSNN trial whose worker is killed mid-training continues, in another worker with another
+/// local folder, from the newest epoch its progress reached the store with, and ends with
+/// exactly the result of the same trial trained without interruption.
+#[test]
+fn a_killed_dsnn_trial_resumes_from_its_progress_with_the_same_result() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("tiny.toml");
+    std::fs::write(
+        &config,
+        r#"name = "tiny"
+[data]
+kind = "bundled"
+limit_train = 300
+validation_fraction = 0.2
+[train]
+model = "small-cnn"
+batch_size = 50
+[search]
+trials = 1
+seed = 3
+[fidelity]
+min_epochs = 8
+max_epochs = 8
+[objectives]
+energy_model = "opcount"
+[study]
+heartbeat_s = 0.2
+"#,
+    )
+    .expect("write config");
+    let straight_url = format!("sqlite://{}", dir.path().join("straight.db").display());
+    create(&straight_url, &config);
+    let out = bin()
+        .args([
+            "worker",
+            "--storage",
+            &straight_url,
+            "--study",
+            "s",
+            "--quiet",
+        ])
+        .output()
+        .expect("run worker");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut s = store::open(&straight_url).expect("open store");
+    let straight = store::finished_lines(s.as_mut(), "s").expect("lines");
+
+    let url = format!("sqlite://{}", dir.path().join("killed.db").display());
+    create(&url, &config);
+    let mut a = worker(&url);
+    let mut s = store::open(&url).expect("open store");
+    let unpacked = dir.path().join("seen.progress");
+    let mut generation = 0;
+    wait_until(
+        "progress after 2 epochs in the store",
+        Duration::from_secs(120),
+        || {
+            if let Some(bytes) = s.progress("s", 0).expect("progress") {
+                generation = store::progress::unpack(&bytes, &unpacked)
+                    .expect("unpack")
+                    .unwrap_or(0);
+            }
+            generation >= 2
+        },
+    );
+    a.kill().expect("kill -9");
+    a.wait().expect("reap");
+    let b = worker(&url);
+    wait_all(vec![b], Duration::from_secs(180));
+    let lines = store::finished_lines(s.as_mut(), "s").expect("lines");
+    assert_eq!(lines.len(), 1);
+    let m = lines[0].metrics.as_ref().expect("metrics");
+    assert!(
+        m.start_epoch >= 2 && m.start_epoch < 8 && m.epochs_trained == 8,
+        "the killed trial (progress at epoch {generation} or later) went on from epoch {} to {}",
+        m.start_epoch,
+        m.epochs_trained
+    );
+    assert_eq!(
+        lines[0].status,
+        TrialStatus::Success,
+        "{:?}",
+        lines[0].reason
+    );
+    assert_eq!(lines[0].objectives, straight[0].objectives);
+    let sm = straight[0].metrics.as_ref().expect("metrics");
+    assert_eq!(m.valid_loss, sm.valid_loss);
+    assert!(s.progress("s", 0).expect("progress").is_none());
+}
+
 #[test]
 fn sigterm_hands_the_running_trial_back_at_once() {
     let dir = tempfile::tempdir().expect("temp dir");

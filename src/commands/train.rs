@@ -88,6 +88,7 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
     let opts = RunOptions {
         resume_from: args.resume.as_deref(),
         save_to: args.save.as_deref(),
+        progress_to: None,
         evaluate_test: args.evaluate_test,
     };
     let window = tracker.start("train")?;

@@ -11,6 +11,13 @@
 //! that cannot be started at all is an error, since no later trial would fare better.
 //!
 //! The command runs without a shell unless built with [`CommandObjective::shell`].
+//!
+//! A long trial may save how far it got, so that after a crash or a preemption another attempt
+//! of it (on any machine of the study) continues instead of starting over: `$DSNN_HPO_PROGRESS`
+//! names the trial's progress folder (set when the run has a checkpoint folder). Write each save
+//! as a subfolder named by a number (e.g. the epochs done), complete it under another name first
+//! and rename it into place, and never change it afterwards (see [`crate::store::progress`]).
+//! At start, the highest-numbered subfolder, if any, is where an earlier attempt got to.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -39,6 +46,8 @@ pub struct CommandObjective {
     objectives: Vec<String>,
     timeout: Option<Duration>,
     workdir: Option<PathBuf>,
+    /// Where trials' progress folders go (`$DSNN_HPO_PROGRESS`).
+    checkpoints: Option<PathBuf>,
 }
 
 impl CommandObjective {
@@ -59,6 +68,7 @@ impl CommandObjective {
             objectives,
             timeout: None,
             workdir: None,
+            checkpoints: None,
         })
     }
 
@@ -85,6 +95,12 @@ impl CommandObjective {
 
     pub fn with_workdir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.workdir = Some(dir.into());
+        self
+    }
+
+    /// Gives each trial a progress folder under `dir` (see the module doc).
+    pub fn with_progress(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.checkpoints = Some(dir.into());
         self
     }
 
@@ -155,6 +171,17 @@ impl Evaluator for CommandObjective {
             .stderr(Stdio::piped());
         if let Some(dir) = &self.workdir {
             command.current_dir(dir);
+        }
+        if let Some(root) = &self.checkpoints {
+            let dir = crate::store::progress::dir(root, trial.id);
+            std::fs::create_dir_all(&dir).map_err(|source| EvalError::Io {
+                context: format!(
+                    "cannot create the trial's progress folder {}",
+                    dir.display()
+                ),
+                source,
+            })?;
+            command.env("DSNN_HPO_PROGRESS", &dir);
         }
         #[cfg(unix)]
         {

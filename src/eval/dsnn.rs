@@ -2,7 +2,7 @@
 //! network, its validation loss and its energy. This is where the optimizer meets burn.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use burn::tensor::Device;
@@ -17,6 +17,7 @@ use crate::eval::{EvalError, Evaluation, Evaluator, Metrics};
 use crate::opt::{Outcome, Trial};
 use crate::search::workers::{CpuShare, ShareMark};
 use crate::space::{Config, ParamSpec, SearchSpace, SpaceError};
+use crate::store::progress;
 use crate::train::{
     RunOptions, TrainConfig, TrainObserver, TrainStatus, evaluate, profile_layers, train_network,
 };
@@ -129,6 +130,85 @@ pub fn measure_inference<W, E: From<crate::train::TrainError>>(
     })
 }
 
+fn start_window(
+    tracker: &EnergyTracker,
+    share: Option<&CpuShare>,
+    phase: &str,
+) -> Result<(Window, Option<ShareMark>), TrialError> {
+    let mark = share.map(CpuShare::mark).transpose()?;
+    Ok((tracker.start(phase)?, mark))
+}
+
+fn stop_window(
+    tracker: &EnergyTracker,
+    share: Option<&CpuShare>,
+    (w, mark): (Window, Option<ShareMark>),
+) -> Result<EnergyRecord, TrialError> {
+    let rec = tracker.stop(w)?;
+    Ok(match (share, mark) {
+        (Some(share), Some(mark)) => share.attribute(rec, &mark)?,
+        _ => rec,
+    })
+}
+
+/// The file of a progress generation that holds the trial's training energy up to it.
+const SPENT: &str = "energy.json";
+
+/// Training energy (kWh, kg) recorded with a progress generation; `None` when unreadable, and
+/// then the generation is not continued (its energy would be lost from the objective).
+fn read_spent(dir: &Path) -> Option<(f64, f64)> {
+    let text = std::fs::read_to_string(dir.join(SPENT)).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let kwh = v.get("train_kwh")?.as_f64()?;
+    let kg = v.get("train_kg")?.as_f64()?;
+    (kwh.is_finite() && kg.is_finite()).then_some((kwh, kg))
+}
+
+/// The trial's observer, plus one training energy window per progress generation: each
+/// generation then carries the training energy spent up to it, which a later attempt continuing
+/// it adds to its own (the windows of one attempt add up to its whole training).
+struct ChainedWindows<'o, 'a> {
+    inner: &'o mut (dyn TrainObserver + 'a),
+    tracker: &'o EnergyTracker,
+    share: Option<&'o CpuShare>,
+    window: Option<(Window, Option<ShareMark>)>,
+    records: Vec<EnergyRecord>,
+    /// Spent before this attempt (kWh, kg).
+    spent: (f64, f64),
+}
+
+impl TrainObserver for ChainedWindows<'_, '_> {
+    fn epoch_start(&mut self, epoch: usize, epochs: usize, batches: usize) {
+        self.inner.epoch_start(epoch, epochs, batches);
+    }
+
+    fn batch_end(&mut self, done: usize, loss: f64, images_per_s: f64) {
+        self.inner.batch_end(done, loss, images_per_s);
+    }
+
+    fn epoch_end(&mut self, epoch: usize, train_loss: f64, valid_accuracy: Option<f64>) {
+        self.inner.epoch_end(epoch, train_loss, valid_accuracy);
+    }
+
+    fn progress_saved(&mut self, epochs_done: usize, dir: &Path) -> std::io::Result<()> {
+        let other = |e: TrialError| std::io::Error::other(e.to_string());
+        if let Some(w) = self.window.take() {
+            let rec = stop_window(self.tracker, self.share, w).map_err(other)?;
+            self.records.push(rec);
+        }
+        self.window = Some(start_window(self.tracker, self.share, "train").map_err(other)?);
+        let kwh = self.spent.0 + self.records.iter().map(|r| r.energy_kwh).sum::<f64>();
+        let kg = self.spent.1 + self.records.iter().map(|r| r.emissions_kg).sum::<f64>();
+        let json = serde_json::json!({
+            "epochs": epochs_done,
+            "train_kwh": kwh,
+            "train_kg": kg,
+        });
+        std::fs::write(dir.join(SPENT), json.to_string())?;
+        self.inner.progress_saved(epochs_done, dir)
+    }
+}
+
 /// Trains and measures DSNN trials.
 pub struct DsnnObjective<'a> {
     pub base: TrainConfig,
@@ -197,16 +277,11 @@ impl<'a> DsnnObjective<'a> {
     }
 
     fn start(&self, phase: &str) -> Result<(Window, Option<ShareMark>), TrialError> {
-        let mark = self.share.as_ref().map(CpuShare::mark).transpose()?;
-        Ok((self.tracker.start(phase)?, mark))
+        start_window(self.tracker, self.share.as_ref(), phase)
     }
 
-    fn stop(&self, (w, mark): (Window, Option<ShareMark>)) -> Result<EnergyRecord, TrialError> {
-        let rec = self.tracker.stop(w)?;
-        Ok(match (&self.share, mark) {
-            (Some(share), Some(mark)) => share.attribute(rec, &mark)?,
-            _ => rec,
-        })
+    fn stop(&self, w: (Window, Option<ShareMark>)) -> Result<EnergyRecord, TrialError> {
+        stop_window(self.tracker, self.share.as_ref(), w)
     }
 
     fn names(&self) -> Vec<String> {
@@ -273,26 +348,54 @@ impl<'a> DsnnObjective<'a> {
         cfg.schedule_epochs = Some(self.max_epochs);
         cfg.validate()?;
         let epochs = trial.epochs().max(1) as usize;
-        let resume = trial
-            .continues
-            .map(|p| self.checkpoints.join(p.to_string()))
-            .filter(|d| d.join("state.json").exists());
+        // A progress generation of this very trial (an earlier attempt crashed, was killed or
+        // preempted) goes further than the state it continues: training resumes there, and the
+        // training energy counts what that attempt spent.
+        let progress_dir = progress::dir(&self.checkpoints, trial.id);
+        let own = progress::newest(&progress_dir)
+            .filter(|(n, p)| (*n as usize) < epochs && p.join("state.json").exists())
+            .and_then(|(_, p)| Some((read_spent(&p)?, p)));
+        let (resume, (prev_kwh, prev_kg)) = match own {
+            Some((spent, p)) => (Some(p), spent),
+            None => {
+                let parent = trial
+                    .continues
+                    .map(|p| self.checkpoints.join(p.to_string()))
+                    .filter(|d| d.join("state.json").exists());
+                // The state this trial continues already paid for its epochs.
+                let spent = match (&parent, trial.continues) {
+                    (Some(_), Some(p)) => self
+                        .training_energy
+                        .lock()
+                        .ok()
+                        .and_then(|m| m.get(&p).copied())
+                        .unwrap_or((0.0, 0.0)),
+                    _ => (0.0, 0.0),
+                };
+                (parent, spent)
+            }
+        };
         let save = (epochs < self.max_epochs).then(|| self.checkpoints.join(trial.id.to_string()));
         let opts = RunOptions {
             resume_from: resume.as_deref(),
             save_to: save.as_deref(),
+            progress_to: Some(&progress_dir),
             evaluate_test: false,
         };
-        let window = self.start("train")?;
-        let result = train_network(
-            &cfg,
-            self.data,
-            &self.device,
-            epochs,
-            &opts,
-            self.observer.as_mut(),
-        );
-        let train_energy = self.stop(window)?;
+        let mut chain = ChainedWindows {
+            inner: self.observer.as_mut(),
+            tracker: self.tracker,
+            share: self.share.as_ref(),
+            window: Some(start_window(self.tracker, self.share.as_ref(), "train")?),
+            records: Vec::new(),
+            spent: (prev_kwh, prev_kg),
+        };
+        let result = train_network(&cfg, self.data, &self.device, epochs, &opts, &mut chain);
+        let window = chain.window.take();
+        let mut train_records = std::mem::take(&mut chain.records);
+        if let Some(w) = window {
+            train_records.push(stop_window(self.tracker, self.share.as_ref(), w)?);
+        }
         let (report, model) = match result {
             Ok(r) => r,
             // A configuration that cannot train (e.g. a network too deep for the input) is a
@@ -303,27 +406,17 @@ impl<'a> DsnnObjective<'a> {
                         reason: e.to_string(),
                     },
                     metrics: None,
-                    energy: vec![train_energy],
+                    energy: train_records,
                     per_layer: None,
                 });
             }
         };
-        // The state this trial continued from already paid for its epochs.
-        let (prev_kwh, prev_kg) = match (resume.is_some(), trial.continues) {
-            (true, Some(p)) => self
-                .training_energy
-                .lock()
-                .ok()
-                .and_then(|m| m.get(&p).copied())
-                .unwrap_or((0.0, 0.0)),
-            _ => (0.0, 0.0),
-        };
-        let train_kwh = prev_kwh + train_energy.energy_kwh;
-        let train_kg = prev_kg + train_energy.emissions_kg;
+        let train_kwh = prev_kwh + train_records.iter().map(|r| r.energy_kwh).sum::<f64>();
+        let train_kg = prev_kg + train_records.iter().map(|r| r.emissions_kg).sum::<f64>();
         if let Ok(mut map) = self.training_energy.lock() {
             map.insert(trial.id, (train_kwh, train_kg));
         }
-        let mut energy = vec![train_energy];
+        let mut energy = train_records;
         let metrics = Metrics {
             valid_accuracy: report.valid_accuracy,
             valid_loss: report.valid_loss,

@@ -7,7 +7,10 @@
 //!
 //! Checkpoints: a promoted trial continues the saved state of its lower-budget trial, which may
 //! have run on another machine: the state travels through the store (packed as a tar archive)
-//! and is unpacked into this process's checkpoint folder before the trial starts.
+//! and is unpacked into this process's checkpoint folder before the trial starts. A running
+//! trial's newest progress generation ([`crate::store::progress`]) goes to the store with the
+//! lease's heartbeat, and once more when the process is interrupted, so that a trial queued
+//! again (its worker went silent, or handed it back) continues where it got to.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,7 +29,7 @@ use crate::opt::{Outcome, Trial};
 use crate::progress::EpochBar;
 use crate::report::summary::StopReason;
 use crate::report::{front_of, normalised_hypervolume};
-use crate::store::{Claim, Lease, LeaseSettings, Owner, Store, TrialLine};
+use crate::store::{Claim, Lease, LeaseSettings, Owner, Store, TrialLine, progress};
 
 /// When this process stops, besides the study being done.
 #[derive(Debug, Clone, Default)]
@@ -136,6 +139,38 @@ fn unpack(bytes: &[u8], dir: &Path) -> Result<(), Error> {
     std::fs::rename(&tmp, dir).map_err(err)
 }
 
+/// Saves the newest progress generation of the trial `lease` holds, when it is newer than the
+/// last one saved. `true` when something was saved (which renews the lease too).
+fn upload_progress(
+    store: &mut dyn Store,
+    lease: &Lease,
+    checkpoints: &Path,
+    uploaded: &Mutex<BTreeMap<u64, u64>>,
+) -> bool {
+    let id = lease.trial.id;
+    let dir = progress::dir(checkpoints, id);
+    let last = uploaded.lock().ok().and_then(|u| u.get(&id).copied());
+    let Some((n, _)) = progress::newest(&dir) else {
+        return false;
+    };
+    if last.is_some_and(|l| l >= n) {
+        return false;
+    }
+    // A generation deleted while packing (the trial moved on) is packed next time.
+    let Ok(Some((n, bytes))) = progress::pack_newest(&dir) else {
+        return false;
+    };
+    match store.save_progress(lease, &bytes) {
+        Ok(true) => {
+            if let Ok(mut u) = uploaded.lock() {
+                u.insert(id, n);
+            }
+            true
+        }
+        _ => false,
+    }
+}
+
 /// Tells the heartbeat thread to stop when dropped.
 struct StopOnDrop(Sender<()>);
 
@@ -225,8 +260,19 @@ impl<'a> Executor<'a> {
         Ok(claim)
     }
 
-    /// Brings the saved state a trial continues into the local folder, when the store has it.
-    fn fetch_state(&mut self, trial: &Trial) -> Result<(), Error> {
+    /// Brings the saved state a trial continues into the local folder, when the store has it,
+    /// and the progress an earlier attempt of it saved.
+    fn fetch_state(&mut self, lease: &Lease) -> Result<(), Error> {
+        let trial = &lease.trial;
+        if lease.attempt > 1
+            && let Some(bytes) = self.store.progress(&self.study, trial.id)?
+        {
+            let dir = progress::dir(&self.checkpoints, trial.id);
+            progress::unpack(&bytes, &dir).map_err(|e| Error::Run {
+                path: dir.clone(),
+                message: format!("cannot unpack the trial's progress from the store: {e}"),
+            })?;
+        }
         let Some(from) = trial.continues else {
             return Ok(());
         };
@@ -276,9 +322,12 @@ impl<'a> Executor<'a> {
         let mut fatal: Option<Error> = None;
         let (done_tx, done_rx) = mpsc::channel::<Finished>();
         let period = Duration::from_secs_f64(self.leases.heartbeat_s);
+        let uploaded: Arc<Mutex<BTreeMap<u64, u64>>> = Arc::default();
         let result = std::thread::scope(|s| -> Result<(), Error> {
             {
                 let held = Arc::clone(&held);
+                let uploaded = Arc::clone(&uploaded);
+                let checkpoints = self.checkpoints.clone();
                 s.spawn(move || {
                     while let Err(RecvTimeoutError::Timeout) = beat_stop_rx.recv_timeout(period) {
                         let leases: Vec<Lease> = held
@@ -287,8 +336,10 @@ impl<'a> Executor<'a> {
                             .unwrap_or_default();
                         for l in leases {
                             // A lost lease shows at finish (refused); a store out of reach for a
-                            // while is judged by the grace period.
-                            let _ = heart.heartbeat(&l);
+                            // while is judged by the grace period. Saving progress renews too.
+                            if !upload_progress(&mut *heart, &l, &checkpoints, &uploaded) {
+                                let _ = heart.heartbeat(&l);
+                            }
                         }
                     }
                 });
@@ -360,7 +411,7 @@ impl<'a> Executor<'a> {
                     };
                     wait = Duration::from_millis(100);
                     let trial = lease.trial.clone();
-                    if let Err(e) = self.fetch_state(&trial) {
+                    if let Err(e) = self.fetch_state(&lease) {
                         let _ = self.store.release(&lease);
                         fatal.get_or_insert(e);
                         stopping = true;
@@ -455,6 +506,8 @@ impl<'a> Executor<'a> {
                 .map(|h| h.values().cloned().collect())
                 .unwrap_or_default();
             for l in &leases {
+                // What the trial got to goes with it, for whoever runs it next.
+                upload_progress(&mut *self.store, l, &self.checkpoints, &uploaded);
                 let _ = self.store.release(l);
             }
             if stop == StopReason::Interrupted && !running.is_empty() {
@@ -501,6 +554,8 @@ impl<'a> Executor<'a> {
         };
         let mut line = TrialLine::of(&f.trial, &outcome, metrics, energy, f.wall_s, now_unix());
         line.per_layer = per_layer;
+        // The trial has its result: its progress is of no further use here.
+        let _ = std::fs::remove_dir_all(progress::dir(&self.checkpoints, f.trial.id));
         let dir = self.checkpoints.join(f.trial.id.to_string());
         let state = if dir.join("state.json").exists() {
             Some(pack(&dir)?)

@@ -152,7 +152,11 @@ impl<'a> Objective<'a> {
             }
             _ => Ok(match problem_of(self.cfg) {
                 Some(problem) => Box::new(ProblemEvaluator { problem }),
-                None => Box::new(command_objective(self.cfg, self.config_path)?),
+                None => Box::new(command_objective(
+                    self.cfg,
+                    self.config_path,
+                    &self.checkpoints,
+                )?),
             }),
         }
     }

@@ -98,7 +98,11 @@ pub fn problem_of(cfg: &RunConfig) -> Option<Problem> {
     cfg.objective.kind.problem()
 }
 
-pub fn command_objective(cfg: &RunConfig, source: &Path) -> Result<CommandObjective, Error> {
+pub fn command_objective(
+    cfg: &RunConfig,
+    source: &Path,
+    checkpoints: &Path,
+) -> Result<CommandObjective, Error> {
     let o = &cfg.objective;
     let built = match &o.shell {
         Some(line) => CommandObjective::shell(line, o.names.clone()),
@@ -108,7 +112,7 @@ pub fn command_objective(cfg: &RunConfig, source: &Path) -> Result<CommandObject
     if let Some(t) = o.timeout_s {
         c = c.with_timeout(std::time::Duration::from_secs_f64(t));
     }
-    Ok(c)
+    Ok(c.with_progress(checkpoints))
 }
 
 /// `[[constraints]]` with the default configuration's values for relative bounds: known-ahead

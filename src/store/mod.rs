@@ -21,6 +21,7 @@
 pub mod conformance;
 pub mod memory;
 pub mod postgres;
+pub mod progress;
 pub mod record;
 pub mod run_dir;
 pub mod sqlite;

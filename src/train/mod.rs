@@ -81,6 +81,11 @@ pub trait TrainObserver {
     fn epoch_start(&mut self, _epoch: usize, _epochs: usize, _batches: usize) {}
     fn batch_end(&mut self, _done: usize, _loss: f64, _images_per_s: f64) {}
     fn epoch_end(&mut self, _epoch: usize, _train_loss: f64, _valid_accuracy: Option<f64>) {}
+    /// A progress generation after `epochs_done` epochs is being written into `dir` (see
+    /// [`RunOptions::progress_to`]): what the observer adds goes with it.
+    fn progress_saved(&mut self, _epochs_done: usize, _dir: &Path) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// An observer that shows nothing.
@@ -94,6 +99,9 @@ pub struct RunOptions<'a> {
     pub resume_from: Option<&'a Path>,
     /// Save the final state here for a later continuation.
     pub save_to: Option<&'a Path>,
+    /// Publish the state after every epoch but the last here, as progress generations
+    /// ([`crate::store::progress`]), for another attempt of the same trial after a crash.
+    pub progress_to: Option<&'a Path>,
     /// Also evaluate on the held-out test split (final reports only).
     pub evaluate_test: bool,
 }
@@ -263,6 +271,19 @@ pub fn train_network(
         images += seen;
         train_loss = loss_sum / seen.max(1) as f64;
         observer.epoch_end(epoch, train_loss, None);
+        if let Some(root) = opts.progress_to
+            && epoch + 1 < epochs
+        {
+            let done = epoch + 1;
+            crate::store::progress::publish(root, done as u64, |tmp| {
+                checkpoint::save(tmp, cfg, &model, &optim, done).map_err(std::io::Error::other)?;
+                observer.progress_saved(done, tmp)
+            })
+            .map_err(|e| checkpoint::CheckpointError::Io {
+                path: root.to_path_buf(),
+                message: format!("cannot save the progress after epoch {done}: {e}"),
+            })?;
+        }
     }
 
     let eval_model = model.valid();
