@@ -1,5 +1,5 @@
-//! The study store conformance suite against the SQLite and PostgreSQL backends, through
-//! `store::open` as users reach them. PostgreSQL needs `DSNN_HPO_TEST_POSTGRES` (a
+//! The study store conformance suite against the SQLite, journal and PostgreSQL backends,
+//! through `store::open` as users reach them. PostgreSQL needs `DSNN_HPO_TEST_POSTGRES` (a
 //! postgresql:// URL of a database the tests may create schemas in).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,6 +16,18 @@ fn sqlite_store_conforms() {
             .path()
             .join(format!("s{}.db", n.fetch_add(1, Ordering::Relaxed)));
         store::open(&format!("sqlite://{}", path.display())).unwrap_or_else(|e| panic!("{e}"))
+    });
+}
+
+#[test]
+fn journal_store_conforms() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let n = AtomicUsize::new(0);
+    conformance::run_all(&|| {
+        let folder = dir
+            .path()
+            .join(format!("j{}", n.fetch_add(1, Ordering::Relaxed)));
+        store::open(&format!("journal://{}", folder.display())).unwrap_or_else(|e| panic!("{e}"))
     });
 }
 

@@ -14,11 +14,13 @@
 //! [`Store::finish`] with the old token is refused, never counted twice.
 //!
 //! Backends: [`memory`] (tests, benchmarks), [`sqlite`] (the default, a file inside the run
-//! directory), [`postgres`] (many machines). [`open`] picks one from a URL. Nothing here knows
-//! about training: trials are records.
+//! directory), [`journal`] (many machines sharing a folder, no server), [`postgres`] (many
+//! machines). [`open`] picks one from a URL. Nothing here knows about training: trials are
+//! records.
 
 #[doc(hidden)]
 pub mod conformance;
+pub mod journal;
 pub mod memory;
 pub mod postgres;
 pub mod progress;
@@ -297,12 +299,15 @@ pub trait Store: Send {
 }
 
 /// Opens the store a URL names: `sqlite:///abs/path.db` or `sqlite://rel/path.db`,
-/// `postgresql://user[:password]@host[:port]/db`, `memory://` (this process only).
+/// `journal:///abs/folder` or `journal://rel/folder` (a folder shared by the machines, made if
+/// its parent exists), `postgresql://user[:password]@host[:port]/db`, `memory://` (this process
+/// only).
 pub fn open(url: &str) -> Result<Box<dyn Store>, StoreError> {
     match StoreUrl::parse(url)? {
         StoreUrl::Sqlite(path) => Ok(Box::new(sqlite::SqliteStore::open(&path)?)),
         StoreUrl::Postgres(url) => Ok(Box::new(postgres::PostgresStore::open(&url)?)),
         StoreUrl::Memory => Ok(Box::new(memory::MemoryStore::new())),
+        StoreUrl::Journal(folder) => Ok(Box::new(journal::JournalStore::open(&folder)?)),
     }
 }
 

@@ -14,7 +14,14 @@ pub enum StoreUrl {
     Postgres(String),
     /// `memory://`: this process only, gone when it exits.
     Memory,
+    /// `journal:///abs/folder` or `journal://rel/folder`: a folder (on a shared filesystem)
+    /// holding an operation log and saved states.
+    Journal(PathBuf),
 }
+
+/// One URL of each kind a user would write, for messages.
+const EXAMPLES: &str =
+    "sqlite:///path/study.db, journal:///shared/folder or postgresql://user@host/db";
 
 impl StoreUrl {
     pub fn parse(url: &str) -> Result<StoreUrl, StoreError> {
@@ -23,10 +30,7 @@ impl StoreUrl {
             message,
         };
         let Some((scheme, rest)) = url.split_once("://") else {
-            return Err(bad(
-                "not a store URL: expected sqlite:///path/study.db or postgresql://user@host/db"
-                    .into(),
-            ));
+            return Err(bad(format!("not a store URL: expected {EXAMPLES}")));
         };
         match scheme {
             "sqlite" => {
@@ -35,10 +39,16 @@ impl StoreUrl {
                 }
                 Ok(StoreUrl::Sqlite(PathBuf::from(rest)))
             }
+            "journal" => {
+                if rest.is_empty() {
+                    return Err(bad("no folder: expected journal:///shared/folder".into()));
+                }
+                Ok(StoreUrl::Journal(PathBuf::from(rest)))
+            }
             "postgresql" | "postgres" => Ok(StoreUrl::Postgres(url.to_string())),
             "memory" => Ok(StoreUrl::Memory),
             other => Err(bad(format!(
-                "unknown scheme \"{other}\": expected sqlite, postgresql or memory"
+                "unknown scheme \"{other}\": expected sqlite, journal, postgresql or memory"
             ))),
         }
     }
@@ -107,9 +117,19 @@ mod tests {
             StoreUrl::parse("postgres://u@h/d").unwrap(),
             StoreUrl::Postgres(_)
         ));
+        assert_eq!(
+            StoreUrl::parse("journal:///shared/hpo").unwrap(),
+            StoreUrl::Journal("/shared/hpo".into())
+        );
+        assert_eq!(
+            StoreUrl::parse("journal://runs/hpo").unwrap(),
+            StoreUrl::Journal("runs/hpo".into())
+        );
+        let e = StoreUrl::parse("journal://").unwrap_err().to_string();
+        assert!(e.contains("no folder") && e.contains("journal://"), "{e}");
         let e = StoreUrl::parse("mysql://u:pw@h/d").unwrap_err().to_string();
         assert!(
-            e.contains("unknown scheme \"mysql\"") && !e.contains("pw"),
+            e.contains("unknown scheme \"mysql\"") && e.contains("journal") && !e.contains("pw"),
             "{e}"
         );
     }
