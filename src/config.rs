@@ -344,11 +344,12 @@ pub struct RunConfig {
 }
 
 /// `[study]`: the study store. Without `storage` the study lives in a SQLite file inside the run
-/// directory (nothing to install); `postgresql://...` shares it between machines.
+/// directory (nothing to install); `postgresql://...` (or `journal://` on a shared folder) shares
+/// it between machines.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StudyConfig {
-    /// `sqlite:///path/study.db` or `postgresql://user@host/db`.
+    /// `sqlite:///path/study.db`, `postgresql://user@host/db` or `journal:///shared/folder`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<String>,
     /// The study's name inside a store that holds many (default: the config's `name`).

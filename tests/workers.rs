@@ -1,7 +1,7 @@
 //! `dsnn-hpo worker` processes on one study, as users start them: several at once, some killed
 //! (kill -9) in the middle of trials and replaced, one stopped (SIGSTOP) past its grace period.
 //! The objective is a command that sleeps, so the test measures the coordination, not training.
-//! PostgreSQL needs `DSNN_HPO_TEST_POSTGRES`; SQLite runs everywhere.
+//! PostgreSQL needs `DSNN_HPO_TEST_POSTGRES`; SQLite and the journal run everywhere.
 
 #![cfg(feature = "dsnn")]
 
@@ -232,6 +232,13 @@ fn sqlite_workers_killed_mid_trial_lose_nothing() {
 }
 
 #[test]
+fn journal_workers_killed_mid_trial_lose_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("journal://{}", dir.path().join("journal").display());
+    killed_workers_lose_nothing(&url);
+}
+
+#[test]
 fn postgres_workers_killed_mid_trial_lose_nothing() {
     let Some(db) = TestSchemas::from_env() else {
         return;
@@ -363,6 +370,13 @@ fn sqlite_killed_trial_continues_its_progress() {
 }
 
 #[test]
+fn journal_killed_trial_continues_its_progress() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("journal://{}", dir.path().join("journal").display());
+    a_killed_trial_continues_its_progress(&url);
+}
+
+#[test]
 fn postgres_killed_trial_continues_its_progress() {
     let Some(db) = TestSchemas::from_env() else {
         return;
@@ -426,6 +440,13 @@ fn stopped_worker_is_fenced(url: &str) {
 fn sqlite_stopped_worker_is_fenced() {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}", dir.path().join("study.db").display());
+    stopped_worker_is_fenced(&url);
+}
+
+#[test]
+fn journal_stopped_worker_is_fenced() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("journal://{}", dir.path().join("journal").display());
     stopped_worker_is_fenced(&url);
 }
 

@@ -29,8 +29,8 @@ pub struct OptimizeArgs {
     /// divided between them, on GPUs each takes the next device index.
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
-    /// Study store (overrides `[study] storage`): `sqlite:///path/study.db` or
-    /// `postgresql://user@host/db`; default: a SQLite file inside the run directory. Workers on
+    /// Study store (overrides `[study] storage`): `sqlite:///path/study.db`,
+    /// `postgresql://user@host/db` or `journal:///shared/folder`; default: a SQLite file inside the run directory. Workers on
     /// other machines join with `dsnn-hpo worker --storage URL --study NAME`.
     #[arg(long, value_name = "URL")]
     pub storage: Option<String>,

@@ -10,8 +10,9 @@ use crate::search::{WorkerOptions, work};
 
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
-    /// The study store: `postgresql://user@host/db` (many machines) or `sqlite:///path/study.db`
-    /// (processes of one machine, not on a network filesystem).
+    /// The study store: `postgresql://user@host/db` (many machines), `journal:///shared/folder`
+    /// (many machines sharing a folder, no server) or `sqlite:///path/study.db` (processes of
+    /// one machine, not on a network filesystem).
     #[arg(long, value_name = "URL")]
     pub storage: String,
     /// The study's name in the store (`dsnn-hpo study list` shows them).

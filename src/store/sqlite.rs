@@ -768,7 +768,7 @@ fn warn_on_network_fs(path: &Path) {
             eprintln!(
                 "dsnn-hpo: warning: the study store {} lies on a network filesystem ({fs}); \
                  SQLite's locks do not work there, so several workers must not share it \
-                 (use a postgresql:// store for workers on several machines)",
+                 (use a postgresql:// or journal:// store for workers on several machines)",
                 path.display()
             );
         });
