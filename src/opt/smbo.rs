@@ -399,11 +399,10 @@ impl Smbo {
                 }
                 let key = SearchSpace::key(&vector);
                 let default = SearchSpace::key(&self.space.default_vector());
-                let from_design = self.design.iter().position(|v| {
-                    let k = SearchSpace::key(v);
-                    !self.proposed.contains(&k)
-                        && (k == default || self.known.allows(&self.space, v))
-                });
+                let from_design = self
+                    .design
+                    .iter()
+                    .position(|v| self.design_usable(v, &default));
                 match from_design {
                     Some(i) => {
                         if SearchSpace::key(&self.design[i]) != key || state.rng != self.rng_words()
@@ -507,14 +506,17 @@ impl Smbo {
             .collect()
     }
 
+    /// Whether a point of the initial design is still to be proposed. The default is the
+    /// baseline: proposed even when it breaks the known constraint.
+    fn design_usable(&self, v: &[f64], default: &[u64]) -> bool {
+        let key = SearchSpace::key(v);
+        !self.proposed.contains(&key) && (key == default || self.known.allows(&self.space, v))
+    }
+
     fn propose_new(&mut self) -> Option<Vec<f64>> {
         let default = SearchSpace::key(&self.space.default_vector());
         while let Some(v) = self.design.pop_front() {
-            let key = SearchSpace::key(&v);
-            // The default is the baseline: proposed even when it breaks the known constraint.
-            if !self.proposed.contains(&key)
-                && (key == default || self.known.allows(&self.space, &v))
-            {
+            if self.design_usable(&v, &default) {
                 return Some(v);
             }
         }

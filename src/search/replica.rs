@@ -82,12 +82,12 @@ impl Replica {
                     self.baseline_pending.insert(trial.id, trial.clone());
                 }
                 EventKind::Ask { trial, state } => {
+                    let adopt = |smbo: &mut Smbo| {
+                        !self.verify && state.as_ref().is_some_and(|s| smbo.adopt(trial, s))
+                    };
                     if self.own.front() == Some(trial) {
                         self.own.pop_front();
-                    } else if !self.verify
-                        && state.as_ref().is_some_and(|s| self.smbo.adopt(trial, s))
-                    {
-                    } else {
+                    } else if !adopt(&mut self.smbo) {
                         match self.smbo.ask() {
                             Ask::Trial(t) if t == *trial => {}
                             Ask::Trial(t) => {

@@ -121,9 +121,14 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 impl SqliteStore {
-    /// Runs `sql` (parameters: study, trial, token) on a lease's trial in one transaction;
-    /// `true` when the lease was still held.
-    fn update_held(&mut self, sql: &str, lease: &Lease) -> Result<bool, StoreError> {
+    /// Runs `sql` (parameters: study, trial, token) on a lease's trial in one transaction,
+    /// then `and_then` (parameters: study, trial) when the lease was still held; `true` then.
+    fn update_held(
+        &mut self,
+        sql: &str,
+        lease: &Lease,
+        and_then: Option<(&str, &[u8])>,
+    ) -> Result<bool, StoreError> {
         let (sid, _) = self.study_id(&lease.study)?;
         let trial_id = sql_int(&self.url, lease.trial.id)?;
         let url = self.url.clone();
@@ -133,8 +138,16 @@ impl SqliteStore {
             .prepare_cached(sql)
             .and_then(|mut st| st.execute(params![sid, trial_id, lease.token]))
             .map_err(be)?;
+        if n != 1 {
+            return Ok(false);
+        }
+        if let Some((then, bytes)) = and_then {
+            tx.prepare_cached(then)
+                .and_then(|mut st| st.execute(params![sid, trial_id, bytes]))
+                .map_err(be)?;
+        }
         tx.commit().map_err(be)?;
-        Ok(n == 1)
+        Ok(true)
     }
 
     /// Opens (or creates) the store file at `path`; its folder must exist.
@@ -548,7 +561,7 @@ impl Store for SqliteStore {
     }
 
     fn heartbeat(&mut self, lease: &Lease) -> Result<bool, StoreError> {
-        self.update_held(HEARTBEAT, lease)
+        self.update_held(HEARTBEAT, lease, None)
     }
 
     fn finish(
@@ -602,7 +615,7 @@ impl Store for SqliteStore {
     }
 
     fn release(&mut self, lease: &Lease) -> Result<bool, StoreError> {
-        self.update_held(RELEASE, lease)
+        self.update_held(RELEASE, lease, None)
     }
 
     fn events(&mut self, study: &str, since: u64) -> Result<Vec<Event>, StoreError> {
@@ -664,27 +677,16 @@ impl Store for SqliteStore {
     }
 
     fn save_progress(&mut self, lease: &Lease, progress: &[u8]) -> Result<bool, StoreError> {
-        let (sid, _) = self.study_id(&lease.study)?;
-        let trial_id = sql_int(&self.url, lease.trial.id)?;
-        let url = self.url.clone();
-        let be = |e| backend(&url, e);
-        let tx = self.write_tx()?;
         // The heartbeat's update both checks the lease and renews it.
-        let n = tx
-            .prepare_cached(HEARTBEAT)
-            .and_then(|mut st| st.execute(params![sid, trial_id, lease.token]))
-            .map_err(be)?;
-        if n == 0 {
-            return Ok(false);
-        }
-        tx.prepare_cached(
-            "INSERT INTO progress (study_id, trial_id, bytes) VALUES (?1, ?2, ?3)
-             ON CONFLICT (study_id, trial_id) DO UPDATE SET bytes = excluded.bytes",
+        self.update_held(
+            HEARTBEAT,
+            lease,
+            Some((
+                "INSERT INTO progress (study_id, trial_id, bytes) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (study_id, trial_id) DO UPDATE SET bytes = excluded.bytes",
+                progress,
+            )),
         )
-        .and_then(|mut st| st.execute(params![sid, trial_id, progress]))
-        .map_err(be)?;
-        tx.commit().map_err(be)?;
-        Ok(true)
     }
 
     fn progress(&mut self, study: &str, trial: u64) -> Result<Option<Vec<u8>>, StoreError> {
