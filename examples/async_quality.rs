@@ -5,7 +5,9 @@
 //!   cargo run --release --example async_quality [-- TRIALS WORKERS SEEDS [single]]
 //!
 //! `single` runs single fidelity (every trial at budget 1, times 0.5 + u) instead of ASHA;
-//! `LIAR=none|mean|worst` picks what the model assumes of running trials (default mean).
+//! `LIAR=none|mean|worst` picks what the model assumes of running trials (default mean);
+//! `MODEL=one` trains the model on one budget (`[search] model_data = "one-budget"`) instead of
+//! every budget.
 //!
 //! Time is simulated (event-driven, deterministic): a trial at budget b takes b x (0.5 + u)
 //! time units, u uniform in [0, 1) drawn from the seed and the trial id, so results arrive out
@@ -14,7 +16,7 @@
 
 use dsnn_hpo::eval::problems::{N_VARS, Problem};
 use dsnn_hpo::opt::hypervolume::hypervolume;
-use dsnn_hpo::opt::{Budgets, Liar, Outcome, Schedule, Smbo, SmboSettings, Trial};
+use dsnn_hpo::opt::{Budgets, Liar, ModelData, Outcome, Schedule, Smbo, SmboSettings, Trial};
 use dsnn_hpo::search::replica::Replica;
 use dsnn_hpo::store::memory::MemoryStore;
 use dsnn_hpo::store::{
@@ -39,6 +41,9 @@ fn smbo(problem: Problem, trials: usize, seed: u64, asha: bool) -> Smbo {
         Ok("worst") => Liar::Worst,
         _ => Liar::Mean,
     };
+    if std::env::var("MODEL").as_deref() == Ok("one") {
+        settings.model_data = ModelData::OneBudget;
+    }
     Smbo::new(problem.space(), settings).expect("smbo")
 }
 
@@ -124,11 +129,8 @@ fn run(problem: Problem, trials: usize, workers: usize, seed: u64, asha: bool) -
         assert!(st.finish(&lease, &line, None).expect("finish"));
         idle.push(w);
     }
-    let points: Vec<Vec<f64>> = finished_lines(&mut st, "q")
-        .expect("lines")
-        .into_iter()
-        .map(|l| l.objectives)
-        .collect();
+    let lines = finished_lines(&mut st, "q").expect("lines");
+    let points: Vec<Vec<f64>> = lines.into_iter().map(|l| l.objectives).collect();
     assert_eq!(points.len(), trials, "every trial finished");
     hypervolume(&points, &[1.1, 1.1])
 }

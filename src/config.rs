@@ -68,6 +68,10 @@ pub struct SearchConfig {
     /// takes its own device.
     #[serde(default = "d_workers")]
     pub workers: usize,
+    /// Which finished trials train the cost model under multi-fidelity: `one-budget` or
+    /// `all-budgets` (the budget as one more input of the forest).
+    #[serde(default)]
+    pub model_data: crate::opt::ModelData,
 }
 
 impl Default for SearchConfig {
@@ -83,6 +87,7 @@ impl Default for SearchConfig {
             random_fraction: d_random_fraction(),
             front_fraction: d_front_fraction(),
             workers: d_workers(),
+            model_data: Default::default(),
         }
     }
 }

@@ -428,6 +428,67 @@ fn hyperband_through_ask_tell_promotes_with_continuation() {
 }
 
 #[test]
+fn the_model_learns_from_every_budget_under_asha() {
+    // A bowl at (0.8, 0.2) whose values do not depend on the budget, under ASHA (1-9 epochs,
+    // 60 trials). Learning from one budget, the forest sees the handful of trials at the
+    // highest budget that has 8 (the promoted ones); from every budget it also sees the 40-odd
+    // at one epoch, so its proposals after the initial design land nearer the bottom (measured
+    // over these 24 seeds: 0.75 of the distance; 8-seed slices 0.61 to 0.90).
+    use dsnn_hpo::opt::{ModelData, Schedule};
+    let space = SearchSpace::new(
+        vec![
+            ParamSpec::float("a", 0.0, 1.0, 0.5),
+            ParamSpec::float("b", 0.0, 1.0, 0.5),
+        ],
+        None,
+    )
+    .unwrap();
+    let mean_distance = |model_data: ModelData| -> f64 {
+        let mut distances = Vec::new();
+        for seed in 0..24 {
+            let budgets = Budgets {
+                schedule: Schedule::Asha,
+                ..Budgets::epochs(1, 9, 3)
+            };
+            let mut settings = SmboSettings::new(2, 60, budgets, seed);
+            settings.model_data = model_data;
+            settings.random_fraction = 0.0;
+            settings.front_fraction = 0.0;
+            let mut opt = Smbo::new(space.clone(), settings).unwrap();
+            let mut new_configs = 0;
+            while let Ask::Trial(t) = opt.ask() {
+                let (a, b) = (t.config.f64("a").unwrap(), t.config.f64("b").unwrap());
+                let d = ((a - 0.8).powi(2) + (b - 0.2).powi(2)).sqrt();
+                if t.continues.is_none() {
+                    new_configs += 1;
+                    // Past the initial design (SMAC's rule: 15 of 60 trials).
+                    if new_configs > 15 {
+                        distances.push(d);
+                    }
+                }
+                let f = d * d + 0.01;
+                opt.tell(
+                    t.id,
+                    Outcome::Success {
+                        objectives: vec![f, f],
+                    },
+                )
+                .unwrap();
+            }
+        }
+        distances.iter().sum::<f64>() / distances.len() as f64
+    };
+    let (one, all) = (
+        mean_distance(ModelData::OneBudget),
+        mean_distance(ModelData::AllBudgets),
+    );
+    assert!(
+        all < 0.9 * one,
+        "every budget {all:.4}, one budget {one:.4}"
+    );
+}
+
+#[test]
 fn multi_fidelity_with_parallel_workers_and_failures_never_stalls() {
     // Tell out of order, fail every 5th trial: the run must still finish all its trials, and every
     // promotion must continue a successful trial of the same configuration.

@@ -95,6 +95,8 @@ pub struct Acquisition<'a> {
     /// Mean prediction = probability of feasibility (see the module doc).
     feasibility: Option<&'a Forest>,
     allowed: Option<VectorFilter<'a>>,
+    /// The budget input appended to every configuration's features (see `at_budget_input`).
+    budget: Option<f64>,
     features: Vec<f64>,
 }
 
@@ -106,7 +108,8 @@ impl<'a> Acquisition<'a> {
             eta,
             feasibility: None,
             allowed: None,
-            features: Vec::with_capacity(space.len()),
+            budget: None,
+            features: Vec::with_capacity(space.len() + 1),
         }
     }
 
@@ -122,12 +125,22 @@ impl<'a> Acquisition<'a> {
         self
     }
 
+    /// Scores every configuration at this value of the budget input, for a forest that has the
+    /// budget as its last input (`ModelData::AllBudgets`).
+    pub fn at_budget_input(mut self, level: f64) -> Self {
+        self.budget = Some(level);
+        self
+    }
+
     fn is_allowed(&self, v: &[f64]) -> bool {
         self.allowed.is_none_or(|f| f(v))
     }
 
     pub fn score(&mut self, vector: Vec<f64>) -> Scored {
         self.space.features_into(&vector, &mut self.features);
+        if let Some(level) = self.budget {
+            self.features.push(level);
+        }
         let (mean, var) = self.forest.predict(&self.features);
         let ei = log_expected_improvement(mean, var, self.eta);
         let pof = match self.feasibility {

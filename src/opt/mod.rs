@@ -19,7 +19,9 @@ use thiserror::Error;
 use crate::space::Config;
 
 pub use hyperband::{BudgetError, Budgets, Schedule};
-pub use smbo::{KnownConstraint, Liar, SettingsError, Smbo, SmboSettings, Strategy, TrialRecord};
+pub use smbo::{
+    KnownConstraint, Liar, ModelData, SettingsError, Smbo, SmboSettings, Strategy, TrialRecord,
+};
 
 /// One evaluation to run: a configuration at a budget (e.g. epochs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

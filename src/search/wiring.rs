@@ -90,6 +90,7 @@ pub fn build_optimizer(
     settings.initial_design = cfg.search.initial_design;
     settings.random_fraction = cfg.search.random_fraction;
     settings.front_fraction = cfg.search.front_fraction;
+    settings.model_data = cfg.search.model_data;
     Smbo::new(space, settings).map_err(|e| run_err(source, e.to_string()))
 }
 
