@@ -3,7 +3,7 @@
 # objective is a command that sleeps 1 s per epoch (no CPU), with budgets 1-9 epochs (eta 3).
 # Prints epochs finished per minute and the ratio to one worker, per schedule.
 #
-#   examples/study_scaling.sh [TRIALS] [SCHEDULES] [STORE]
+#   [WORKERS="1 8"] examples/study_scaling.sh [TRIALS] [SCHEDULES] [STORE]
 #   e.g. examples/study_scaling.sh 60 "asha hyperband" sqlite     (or postgresql, using
 #   $DSNN_HPO_TEST_POSTGRES; a fresh schema per run is made and dropped with psql)
 #
@@ -85,7 +85,7 @@ url_for() {
 declare -A base
 for schedule in $SCHEDULES; do
     config "$schedule"
-    for n in 1 2 4 8; do
+    for n in ${WORKERS:-1 2 4 8}; do
         url=$(url_for "$schedule" "$n")
         "$BIN" study create --storage "$url" --study s --config "$TMP/study.toml" >/dev/null
         start=$(date +%s.%N)
