@@ -10,7 +10,7 @@
 //! The noise is a pure function of `(seed, trial id, objective)`, so a run is reproducible and a
 //! promoted trial gets fresh noise (it is a new measurement).
 //!
-//! The problems (the measured Spearman correlations are in README.md, section "Benchmarks"):
+//! The problems (measured Spearman correlations: README.md, section "Multi-fidelity benchmark"):
 //!
 //! - `mf-zdt1` (low budgets rank well): ZDT1 on `x1..x6` in `[0, 1]` whose distance function
 //!   `g = 1 + 9/5 sum x_i` is, at budget `b`, `g_b = 1 + 9/5 sum [x_i + c_i w(b) (1 - 2 x_i)]`
