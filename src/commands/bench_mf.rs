@@ -84,7 +84,7 @@ pub struct MfProblemResult {
     pub problem: &'static str,
     /// Over [`RANK_SAMPLE`] random configurations, one entry per budget below the full one.
     pub rank_agreement: Vec<RankAgreement>,
-    /// Front-rank agreement at the smallest budget at least [`RANKS_WELL`].
+    /// Front-rank agreement at the smallest budget at least [`RANKS_WELL`] (true with one budget).
     pub ranks_well: bool,
     pub seeds: Vec<MfSeedResult>,
     pub median_mf_hypervolume: f64,
@@ -147,9 +147,8 @@ pub fn run(
     let mut results = Vec::new();
     for &problem in problems {
         let agreement = rank_agreement(problem, &mf_budgets, RANK_SAMPLE, 0);
-        let ranks_well = agreement
-            .first()
-            .is_some_and(|a| a.front_rank >= RANKS_WELL);
+        // With one budget (min = max) the low budget is the full one.
+        let ranks_well = agreement.first().is_none_or(|a| a.front_rank >= RANKS_WELL);
         if !args.json {
             writeln!(out)?;
             write!(
