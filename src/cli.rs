@@ -48,6 +48,7 @@ pub enum Command {
     /// Energy sources available here (--probe), or the energy of one inference pass (--config).
     Energy(EnergyCmdArgs),
     /// Benchmark the optimizer on ZDT1-3 and DTLZ2: hypervolume per seed and median, and the
-    /// optimizer's own time per suggestion.
+    /// optimizer's own time per suggestion; on the multi-fidelity problems (mf-*): multi- vs.
+    /// single-fidelity hypervolume at equal cost in epochs.
     Bench(BenchArgs),
 }

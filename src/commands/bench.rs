@@ -1,4 +1,5 @@
-//! `dsnn-hpo bench`: the optimizer on ZDT1-3 and DTLZ2, single fidelity, several seeds.
+//! `dsnn-hpo bench`: the optimizer on ZDT1-3 and DTLZ2, single fidelity, several seeds; the
+//! multi-fidelity problems (`mf-*`) are run by [`super::bench_mf`].
 //!
 //! Reports per seed and the median over seeds: the hypervolume of *all* evaluated points against
 //! (1.1, 1.1), the number of evaluations, and the optimizer's own time per suggestion (ask + tell,
@@ -11,23 +12,85 @@ use std::time::Instant;
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::eval::mf_problems::MfProblem;
 use crate::eval::problems::Problem;
 
+use super::bench_mf::MfReport;
 use crate::opt::hypervolume::hypervolume;
 use crate::opt::smbo::{SettingsError, Smbo, SmboSettings, Strategy};
-use crate::opt::{Ask, Budgets, Outcome, TellError};
+use crate::opt::{Ask, Budgets, ModelData, Outcome, Schedule, TellError};
 
 /// Reference point of the reported hypervolume.
 pub const REFERENCE: [f64; 2] = [1.1, 1.1];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum ProblemChoice {
     Zdt1,
     Zdt2,
     Zdt3,
     Dtlz2,
     All,
+    /// Multi-fidelity ZDT1 (low budgets rank well); run on a cost budget.
+    MfZdt1,
+    /// Multi-fidelity ZDT3 (low budgets rank moderately).
+    MfZdt3,
+    /// Multi-fidelity DTLZ2 (low budgets mislead).
+    MfDtlz2,
+    /// Multi-fidelity mixed categorical/integer DSNN-like problem (fast learners end worse).
+    MfDsnn,
+    /// All multi-fidelity problems.
+    MfAll,
+}
+
+impl ProblemChoice {
+    /// The multi-fidelity problems this choice names; empty for the single-fidelity ones.
+    pub fn multi_fidelity(self) -> Vec<MfProblem> {
+        match self {
+            ProblemChoice::MfZdt1 => vec![MfProblem::Zdt1],
+            ProblemChoice::MfZdt3 => vec![MfProblem::Zdt3],
+            ProblemChoice::MfDtlz2 => vec![MfProblem::Dtlz2],
+            ProblemChoice::MfDsnn => vec![MfProblem::Dsnn],
+            ProblemChoice::MfAll => MfProblem::ALL.to_vec(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Hyperband schedule of the multi-fidelity runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScheduleChoice {
+    Hyperband,
+    Asha,
+    SuccessiveHalving,
+}
+
+impl From<ScheduleChoice> for Schedule {
+    fn from(s: ScheduleChoice) -> Schedule {
+        match s {
+            ScheduleChoice::Hyperband => Schedule::Hyperband,
+            ScheduleChoice::Asha => Schedule::Asha,
+            ScheduleChoice::SuccessiveHalving => Schedule::SuccessiveHalving,
+        }
+    }
+}
+
+/// `[search] model_data` of the multi-fidelity runs (see [`ModelData`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelDataChoice {
+    OneBudget,
+    AllBudgets,
+}
+
+impl From<ModelDataChoice> for ModelData {
+    fn from(m: ModelDataChoice) -> ModelData {
+        match m {
+            ModelDataChoice::OneBudget => ModelData::OneBudget,
+            ModelDataChoice::AllBudgets => ModelData::AllBudgets,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -42,12 +105,31 @@ pub enum OptimizerChoice {
 /// Command-line arguments of the benchmark.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Test problem (6 variables, 2 objectives), or all of them.
+    /// Test problem (2 objectives), or all of them; `mf-*` are the multi-fidelity problems.
     #[arg(long, value_enum, default_value_t = ProblemChoice::All)]
     pub problem: ProblemChoice,
-    /// Evaluations per run.
+    /// Evaluations per run (single-fidelity problems).
     #[arg(long, default_value_t = 100)]
     pub evals: usize,
+    /// Multi-fidelity problems: epochs a run may spend in total (a promotion costs the epochs it
+    /// adds to its parent's).
+    #[arg(long, default_value_t = 2700)]
+    pub cost_budget: u64,
+    /// Multi-fidelity problems: smallest budget (epochs).
+    #[arg(long, default_value_t = 1)]
+    pub min_budget: u32,
+    /// Multi-fidelity problems: full budget (epochs); the front is measured there.
+    #[arg(long, default_value_t = 27)]
+    pub max_budget: u32,
+    /// Multi-fidelity problems: Hyperband's eta.
+    #[arg(long, default_value_t = 3)]
+    pub eta: u32,
+    /// Multi-fidelity problems: the schedule of the multi-fidelity runs.
+    #[arg(long, value_enum, default_value_t = ScheduleChoice::Hyperband)]
+    pub schedule: ScheduleChoice,
+    /// Multi-fidelity problems: which trials the surrogate learns from.
+    #[arg(long, value_enum, default_value_t = ModelDataChoice::AllBudgets)]
+    pub model_data: ModelDataChoice,
     /// Runs per problem, with seeds 0, 1, ...
     #[arg(long, default_value_t = 5)]
     pub seeds: u64,
@@ -63,6 +145,12 @@ impl Default for BenchArgs {
         BenchArgs {
             problem: ProblemChoice::All,
             evals: 100,
+            cost_budget: 2700,
+            min_budget: 1,
+            max_budget: 27,
+            eta: 3,
+            schedule: ScheduleChoice::Hyperband,
+            model_data: ModelDataChoice::AllBudgets,
             seeds: 5,
             optimizer: OptimizerChoice::Parego,
             json: false,
@@ -107,10 +195,29 @@ pub enum BenchError {
     Tell(#[from] TellError),
     #[error("--evals must be at least 1 and --seeds at least 1")]
     Empty,
+    #[error("--cost-budget must be at least 1 and --seeds at least 1")]
+    NoCost,
+}
+
+/// What [`run`] measured: the single-fidelity table or the multi-fidelity comparison.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Report {
+    SingleFidelity(BenchReport),
+    MultiFidelity(MfReport),
 }
 
 /// Runs the benchmark and writes the table (or JSON) to `out`.
-pub fn run(args: &BenchArgs, out: &mut dyn Write) -> Result<BenchReport, BenchError> {
+pub fn run(args: &BenchArgs, out: &mut dyn Write) -> Result<Report, BenchError> {
+    let mf = args.problem.multi_fidelity();
+    if !mf.is_empty() {
+        return super::bench_mf::run(args, &mf, out).map(Report::MultiFidelity);
+    }
+    run_single(args, out).map(Report::SingleFidelity)
+}
+
+/// The single-fidelity benchmark (ZDT1-3, DTLZ2 on a number of evaluations).
+fn run_single(args: &BenchArgs, out: &mut dyn Write) -> Result<BenchReport, BenchError> {
     if args.evals == 0 || args.seeds == 0 {
         return Err(BenchError::Empty);
     }
@@ -119,7 +226,7 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> Result<BenchReport, BenchEr
         ProblemChoice::Zdt2 => vec![Problem::Zdt2],
         ProblemChoice::Zdt3 => vec![Problem::Zdt3],
         ProblemChoice::Dtlz2 => vec![Problem::Dtlz2],
-        ProblemChoice::All => Problem::ALL.to_vec(),
+        _ => Problem::ALL.to_vec(),
     };
     if !args.json {
         writeln!(
@@ -245,7 +352,7 @@ pub fn run_one(
     })
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
     match n {
@@ -272,10 +379,12 @@ mod tests {
             evals: 12,
             seeds: 2,
             optimizer: OptimizerChoice::Random,
-            json: false,
+            ..BenchArgs::default()
         };
         let mut out = Vec::new();
-        let report = run(&args, &mut out).unwrap();
+        let Report::SingleFidelity(report) = run(&args, &mut out).unwrap() else {
+            panic!("a single-fidelity problem gives the single-fidelity report");
+        };
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.lines().count(), 1 + 2 + 1, "{text}");
         assert!(text.lines().last().unwrap().contains("median"));

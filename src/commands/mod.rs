@@ -1,6 +1,7 @@
 //! One module per subcommand; each takes its parsed arguments and an output stream.
 
 pub mod bench;
+pub mod bench_mf;
 pub mod describe;
 pub mod energy;
 #[cfg(feature = "dsnn")]

@@ -5,6 +5,7 @@
 pub mod command;
 #[cfg(feature = "dsnn")]
 pub mod dsnn;
+pub mod mf_problems;
 pub mod problems;
 
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,636 @@
+//! `dsnn-hpo bench --problem mf-*`: does multi-fidelity pay? Each seed runs the optimizer twice on
+//! the same problem ([`crate::eval::mf_problems`]) and the same cost budget in epochs: once with
+//! the multi-fidelity budgets and schedule, once single-fidelity (every trial at the full budget).
+//!
+//! Cost: a trial costs the epochs it trains, `budget`, or `budget - parent's budget` when it
+//! continues a lower-budget trial of the same configuration ([`crate::opt::Trial::continues`]),
+//! as a resumed checkpoint does. A run stops before the first trial that would take the total
+//! over the cost budget, so it never spends more than the budget (and stops less than one trial's
+//! cost short of it).
+//!
+//! Quality: the hypervolume of the *full-budget front*, the non-dominated trials run at the full
+//! budget; a configuration only seen at lower budgets has no full-budget value and does not
+//! count (it would need full training to be used). The problems are exact at the full budget,
+//! so these are the configurations' true values. Objectives are normalised with the problem's
+//! fixed ranges and measured against (1.1, 1.1), for the final front and for the front after
+//! each quarter of the spent cost (anytime performance).
+//!
+//! Rank agreement: before the runs, the Spearman correlation between each lower budget and the
+//! full budget over 500 random configurations, of each objective and of the *front rank* (the
+//! index of a configuration's front in a non-dominated sort). The front rank is what the
+//! schedule's promotions sort by (non-dominated sorting, then crowding), so it says whether the
+//! low budgets pick the right configurations; no scalarisation (ParEGO weights) is involved.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use statrs::statistics::{Data, OrderStatistics, RankTieBreaker};
+
+use crate::eval::mf_problems::{MfBench, MfProblem, REFERENCE};
+use crate::opt::hypervolume::hypervolume;
+use crate::opt::smbo::{Smbo, SmboSettings, TrialRecord};
+use crate::opt::{Ask, Budgets, Outcome, Trial, design, pareto};
+
+use super::bench::{BenchArgs, BenchError, ModelDataChoice, ScheduleChoice, median};
+
+/// Random configurations of the rank-agreement measurement.
+pub const RANK_SAMPLE: usize = 500;
+
+/// A front-rank Spearman correlation at the smallest budget from which on a problem "ranks well".
+pub const RANKS_WELL: f64 = 0.5;
+
+/// Trials run at one budget.
+#[derive(Debug, Clone, Serialize)]
+pub struct BudgetCount {
+    pub budget: f64,
+    pub trials: usize,
+}
+
+/// One optimizer run on a cost budget.
+#[derive(Debug, Clone, Serialize)]
+pub struct CostRun {
+    /// Normalised hypervolume of the full-budget front.
+    pub hypervolume: f64,
+    /// Epochs spent.
+    pub cost: f64,
+    pub trials: usize,
+    pub trials_per_budget: Vec<BudgetCount>,
+    /// Hypervolume of the full-budget front after 25, 50, 75 and 100% of the spent cost.
+    pub anytime_hypervolume: [f64; 4],
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MfSeedResult {
+    pub seed: u64,
+    pub multi_fidelity: CostRun,
+    pub single_fidelity: CostRun,
+    /// Multi- over single-fidelity hypervolume (null when the latter is 0).
+    pub ratio: f64,
+}
+
+/// Spearman correlations between one budget and the full budget.
+#[derive(Debug, Clone, Serialize)]
+pub struct RankAgreement {
+    pub budget: f64,
+    pub front_rank: f64,
+    pub objectives: [f64; 2],
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MfProblemResult {
+    pub problem: &'static str,
+    /// Over [`RANK_SAMPLE`] random configurations, one entry per budget below the full one.
+    pub rank_agreement: Vec<RankAgreement>,
+    /// Front-rank agreement at the smallest budget at least [`RANKS_WELL`] (true with one budget).
+    pub ranks_well: bool,
+    pub seeds: Vec<MfSeedResult>,
+    pub median_mf_hypervolume: f64,
+    pub median_sf_hypervolume: f64,
+    pub median_ratio: f64,
+    /// Seeds on which multi-fidelity found the larger hypervolume.
+    pub mf_wins: usize,
+    pub median_mf_cost: f64,
+    pub median_sf_cost: f64,
+    pub median_mf_anytime: [f64; 4],
+    pub median_sf_anytime: [f64; 4],
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MfReport {
+    pub cost_budget: u64,
+    pub min_budget: u32,
+    pub max_budget: u32,
+    pub eta: u32,
+    pub schedule: ScheduleChoice,
+    pub model_data: ModelDataChoice,
+    /// Reference point of the normalised hypervolume.
+    pub reference: [f64; 2],
+    pub problems: Vec<MfProblemResult>,
+}
+
+/// Runs every problem of `problems` on `args.seeds` seeds, multi- and single-fidelity.
+pub fn run(
+    args: &BenchArgs,
+    problems: &[MfProblem],
+    out: &mut dyn Write,
+) -> Result<MfReport, BenchError> {
+    if args.cost_budget == 0 || args.seeds == 0 {
+        return Err(BenchError::NoCost);
+    }
+    let mf_budgets = Budgets {
+        schedule: args.schedule.into(),
+        ..Budgets::epochs(args.min_budget, args.max_budget, args.eta)
+    };
+    mf_budgets
+        .validate()
+        .map_err(|e| BenchError::Settings(e.into()))?;
+    let sf_budgets = Budgets::epochs(args.max_budget, args.max_budget, args.eta);
+    let max = f64::from(args.max_budget);
+    let cost_budget = args.cost_budget as f64;
+    if !args.json {
+        writeln!(
+            out,
+            "cost budget {} epochs; budgets {}..{} eta {}, {}, model data {}; hypervolume of the \
+             full-budget front (trials at {} epochs), normalised, reference (1.1, 1.1)",
+            args.cost_budget,
+            args.min_budget,
+            args.max_budget,
+            args.eta,
+            enum_name(&args.schedule),
+            enum_name(&args.model_data),
+            args.max_budget
+        )?;
+    }
+    let mut results = Vec::new();
+    for &problem in problems {
+        let agreement = rank_agreement(problem, &mf_budgets, RANK_SAMPLE, 0);
+        // With one budget (min = max) the low budget is the full one.
+        let ranks_well = agreement.first().is_none_or(|a| a.front_rank >= RANKS_WELL);
+        if !args.json {
+            writeln!(out)?;
+            write!(
+                out,
+                "{}: Spearman vs {} epochs over {RANK_SAMPLE} random configurations, front rank",
+                problem.name(),
+                args.max_budget
+            )?;
+            for a in &agreement {
+                write!(out, " @{} {:.2}", a.budget, a.front_rank)?;
+            }
+            if let Some(a) = agreement.first() {
+                write!(
+                    out,
+                    "; f1 @{b} {:.2}, f2 @{b} {:.2}",
+                    a.objectives[0],
+                    a.objectives[1],
+                    b = a.budget
+                )?;
+            }
+            writeln!(
+                out,
+                " -> {}",
+                if ranks_well { "ranks well" } else { "misleads" }
+            )?;
+            writeln!(
+                out,
+                "{:>6} {:>7} {:>7} {:>6} {:>7} {:>7}  {:<27} {:<27} mf trials per budget",
+                "seed",
+                "mf_hv",
+                "sf_hv",
+                "mf/sf",
+                "mf_cost",
+                "sf_cost",
+                "mf_hv @25/50/75/100% cost",
+                "sf_hv @25/50/75/100% cost",
+            )?;
+        }
+        let mut seeds = Vec::new();
+        for seed in 0..args.seeds {
+            let bench = MfBench {
+                problem,
+                max_budget: max,
+                seed,
+            };
+            let model_data = args.model_data.into();
+            let mf = run_on_cost(&bench, &mf_budgets, model_data, cost_budget, seed)?;
+            let sf = run_on_cost(&bench, &sf_budgets, model_data, cost_budget, seed)?;
+            let r = MfSeedResult {
+                seed,
+                ratio: ratio(mf.hypervolume, sf.hypervolume),
+                multi_fidelity: mf,
+                single_fidelity: sf,
+            };
+            if !args.json {
+                let per_budget: Vec<String> = r
+                    .multi_fidelity
+                    .trials_per_budget
+                    .iter()
+                    .map(|c| format!("{}:{}", c.budget, c.trials))
+                    .collect();
+                writeln!(
+                    out,
+                    "{:>6} {:>7.4} {:>7.4} {:>6.3} {:>7} {:>7}  {:<27} {:<27} {}",
+                    seed,
+                    r.multi_fidelity.hypervolume,
+                    r.single_fidelity.hypervolume,
+                    r.ratio,
+                    r.multi_fidelity.cost,
+                    r.single_fidelity.cost,
+                    quarters(&r.multi_fidelity.anytime_hypervolume),
+                    quarters(&r.single_fidelity.anytime_hypervolume),
+                    per_budget.join(" ")
+                )?;
+            }
+            seeds.push(r);
+        }
+        let med = |f: &dyn Fn(&MfSeedResult) -> f64| median(seeds.iter().map(f).collect());
+        let anytime = |sf: bool| -> [f64; 4] {
+            std::array::from_fn(|q| {
+                med(&|r| {
+                    let run = if sf {
+                        &r.single_fidelity
+                    } else {
+                        &r.multi_fidelity
+                    };
+                    run.anytime_hypervolume[q]
+                })
+            })
+        };
+        let result = MfProblemResult {
+            problem: problem.name(),
+            ranks_well,
+            median_mf_hypervolume: med(&|r| r.multi_fidelity.hypervolume),
+            median_sf_hypervolume: med(&|r| r.single_fidelity.hypervolume),
+            median_ratio: med(&|r| r.ratio),
+            mf_wins: seeds
+                .iter()
+                .filter(|r| r.multi_fidelity.hypervolume > r.single_fidelity.hypervolume)
+                .count(),
+            median_mf_cost: med(&|r| r.multi_fidelity.cost),
+            median_sf_cost: med(&|r| r.single_fidelity.cost),
+            median_mf_anytime: anytime(false),
+            median_sf_anytime: anytime(true),
+            rank_agreement: agreement,
+            seeds,
+        };
+        if !args.json {
+            writeln!(
+                out,
+                "{:>6} {:>7.4} {:>7.4} {:>6.3} {:>7} {:>7}  {:<27} {:<27} mf better on {} of {} seeds",
+                "median",
+                result.median_mf_hypervolume,
+                result.median_sf_hypervolume,
+                result.median_ratio,
+                result.median_mf_cost,
+                result.median_sf_cost,
+                quarters(&result.median_mf_anytime),
+                quarters(&result.median_sf_anytime),
+                result.mf_wins,
+                result.seeds.len()
+            )?;
+        }
+        results.push(result);
+    }
+    if !args.json {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "{:<9} {:>13} {:<10} {:>10} {:>10} {:>9} {:>8}",
+            "problem", "front rank @", "", "median mf", "median sf", "med mf/sf", "mf wins"
+        )?;
+        for r in &results {
+            let low = r.rank_agreement.first();
+            writeln!(
+                out,
+                "{:<9} {:>13} {:<10} {:>10.4} {:>10.4} {:>9.3} {:>5}/{}",
+                r.problem,
+                low.map_or("-".to_string(), |a| format!(
+                    "{:.2} @{}",
+                    a.front_rank, a.budget
+                )),
+                if r.ranks_well {
+                    "ranks well"
+                } else {
+                    "misleads"
+                },
+                r.median_mf_hypervolume,
+                r.median_sf_hypervolume,
+                r.median_ratio,
+                r.mf_wins,
+                r.seeds.len()
+            )?;
+        }
+    }
+    let report = MfReport {
+        cost_budget: args.cost_budget,
+        min_budget: args.min_budget,
+        max_budget: args.max_budget,
+        eta: args.eta,
+        schedule: args.schedule,
+        model_data: args.model_data,
+        reference: REFERENCE,
+        problems: results,
+    };
+    if args.json {
+        serde_json::to_writer_pretty(&mut *out, &report).map_err(std::io::Error::other)?;
+        writeln!(out)?;
+    }
+    Ok(report)
+}
+
+/// The name clap and serde give a flag value (kebab-case).
+fn enum_name<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|j| j.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn quarters(q: &[f64; 4]) -> String {
+    format!("{:.3}/{:.3}/{:.3}/{:.3}", q[0], q[1], q[2], q[3])
+}
+
+fn ratio(mf: f64, sf: f64) -> f64 {
+    if sf > 0.0 { mf / sf } else { f64::NAN }
+}
+
+/// Epochs `trial` trains: its budget, less its parent's when it continues one.
+pub fn trial_cost(records: &[TrialRecord], trial: &Trial) -> f64 {
+    let parent = trial
+        .continues
+        .and_then(|p| records.get(p as usize))
+        .map_or(0.0, |r| r.trial.budget);
+    (trial.budget - parent).max(0.0)
+}
+
+/// Trials in one cycle of the schedule's brackets and their cost in epochs, promotions paying
+/// only the epochs they add: how many trials a cost budget buys, for the initial design's size.
+pub fn cycle_trials_and_cost(budgets: &Budgets) -> (usize, f64) {
+    let (mut trials, mut cost) = (0, 0.0);
+    for bracket in budgets.plan() {
+        let mut below = 0.0;
+        for rung in bracket {
+            trials += rung.n;
+            cost += rung.n as f64 * (rung.budget - below);
+            below = rung.budget;
+        }
+    }
+    (trials, cost)
+}
+
+/// One run of the optimizer (ParEGO) on `bench` until the next trial would exceed `cost_budget`
+/// epochs. The initial design follows SMAC's rule for the number of trials the budget buys.
+pub fn run_on_cost(
+    bench: &MfBench,
+    budgets: &Budgets,
+    model_data: crate::opt::ModelData,
+    cost_budget: f64,
+    seed: u64,
+) -> Result<CostRun, BenchError> {
+    let space = bench.problem.space();
+    let (cycle_trials, cycle_cost) = cycle_trials_and_cost(budgets);
+    let expected = (cost_budget * cycle_trials as f64 / cycle_cost.max(f64::MIN_POSITIVE)) as usize;
+    // Every trial trains at least one epoch (integer budgets >= 1): the cost ends the run first.
+    let max_trials = cost_budget.ceil() as usize + 1;
+    let mut settings = SmboSettings::new(2, max_trials, budgets.clone(), seed);
+    settings.initial_design = Some(design::default_size(space.len(), expected));
+    settings.model_data = model_data;
+    let mut opt = Smbo::new(space, settings)?;
+    let mut spent = 0.0;
+    let mut counts: BTreeMap<u64, usize> = (0..=budgets.s_max())
+        .map(|k| (budgets.budget(k).to_bits(), 0))
+        .collect();
+    // (cost spent once the trial finished, its normalised objectives if at the full budget)
+    let mut history: Vec<(f64, Option<Vec<f64>>)> = Vec::new();
+    while let Ask::Trial(trial) = opt.ask() {
+        let cost = trial_cost(opt.records(), &trial);
+        if spent + cost > cost_budget {
+            break;
+        }
+        spent += cost;
+        let f = bench.evaluate(&trial.config, trial.budget, trial.id);
+        *counts.entry(trial.budget.to_bits()).or_default() += 1;
+        let full = (trial.budget >= budgets.max).then(|| bench.problem.normalise(&f));
+        history.push((spent, full));
+        opt.tell(
+            trial.id,
+            Outcome::Success {
+                objectives: f.to_vec(),
+            },
+        )?;
+    }
+    let hv_until = |limit: f64| {
+        let points: Vec<Vec<f64>> = history
+            .iter()
+            .filter(|(c, _)| *c <= limit)
+            .filter_map(|(_, p)| p.clone())
+            .collect();
+        hypervolume(&points, &REFERENCE)
+    };
+    let mut trials_per_budget: Vec<BudgetCount> = counts
+        .into_iter()
+        .map(|(b, trials)| BudgetCount {
+            budget: f64::from_bits(b),
+            trials,
+        })
+        .collect();
+    trials_per_budget.sort_by(|a, b| a.budget.total_cmp(&b.budget));
+    Ok(CostRun {
+        hypervolume: hv_until(spent),
+        cost: spent,
+        trials: history.len(),
+        trials_per_budget,
+        anytime_hypervolume: [0.25, 0.5, 0.75, 1.0].map(|q| hv_until(q * spent)),
+    })
+}
+
+/// Spearman correlations between each budget below the full one and the full budget over `n`
+/// random configurations (noise of `seed`), smallest budget first (see the module doc).
+pub fn rank_agreement(
+    problem: MfProblem,
+    budgets: &Budgets,
+    n: usize,
+    seed: u64,
+) -> Vec<RankAgreement> {
+    let space = problem.space();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let configs: Vec<_> = (0..n).map(|_| space.sample(&mut rng)).collect();
+    let bench = MfBench {
+        problem,
+        max_budget: budgets.max,
+        seed,
+    };
+    let full: Vec<Vec<f64>> = configs.iter().map(|c| bench.full(c).to_vec()).collect();
+    let full_rank = front_ranks(&full);
+    (1..=budgets.s_max())
+        .rev()
+        .map(|k| {
+            let b = budgets.budget(k);
+            let low: Vec<Vec<f64>> = configs
+                .iter()
+                .enumerate()
+                .map(|(i, c)| bench.evaluate(c, b, i as u64).to_vec())
+                .collect();
+            let column = |v: &[Vec<f64>], j: usize| v.iter().map(|p| p[j]).collect::<Vec<f64>>();
+            RankAgreement {
+                budget: b,
+                front_rank: spearman(&front_ranks(&low), &full_rank),
+                objectives: std::array::from_fn(|j| spearman(&column(&low, j), &column(&full, j))),
+            }
+        })
+        .collect()
+}
+
+/// Each point's front index in a non-dominated sort (0 = Pareto front).
+fn front_ranks(points: &[Vec<f64>]) -> Vec<f64> {
+    let mut rank = vec![0.0; points.len()];
+    for (f, front) in pareto::non_dominated_sort(points).into_iter().enumerate() {
+        for i in front {
+            rank[i] = f as f64;
+        }
+    }
+    rank
+}
+
+/// Spearman's rank correlation: Pearson's on the ranks, ties given their mean rank. NaN when
+/// either side is constant, the lengths differ or a value is NaN.
+pub fn spearman(a: &[f64], b: &[f64]) -> f64 {
+    if a.len() != b.len() || a.len() < 2 || a.iter().chain(b).any(|v| v.is_nan()) {
+        return f64::NAN;
+    }
+    let ra = Data::new(a.to_vec()).ranks(RankTieBreaker::Average);
+    let rb = Data::new(b.to_vec()).ranks(RankTieBreaker::Average);
+    let n = ra.len() as f64;
+    let (ma, mb) = (ra.iter().sum::<f64>() / n, rb.iter().sum::<f64>() / n);
+    let (mut cov, mut va, mut vb) = (0.0, 0.0, 0.0);
+    for (x, y) in ra.iter().zip(&rb) {
+        cov += (x - ma) * (y - mb);
+        va += (x - ma).powi(2);
+        vb += (y - mb).powi(2);
+    }
+    if va == 0.0 || vb == 0.0 {
+        return f64::NAN;
+    }
+    cov / (va * vb).sqrt()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::bench::{ProblemChoice, Report};
+    use crate::opt::{ModelData, Schedule};
+
+    #[test]
+    fn spearman_matches_hand_computation() {
+        // No ties: d = (0, 1, 1, 0), 1 - 6 * 2 / (4 * 15) = 0.8.
+        let r = spearman(&[1.0, 2.0, 3.0, 4.0], &[1.0, 3.0, 2.0, 4.0]);
+        assert!((r - 0.8).abs() < 1e-12, "{r}");
+        // Ties: ranks of y are (1, 2, 3.5, 5, 3.5); covariance 8, variances 10 and 9.5.
+        let r = spearman(&[1.0, 2.0, 3.0, 4.0, 5.0], &[5.0, 6.0, 7.0, 8.0, 7.0]);
+        assert!((r - 8.0 / 95f64.sqrt()).abs() < 1e-12, "{r}");
+        assert!((spearman(&[1.0, 2.0, 3.0], &[30.0, 20.0, 10.0]) + 1.0).abs() < 1e-12);
+        assert!(spearman(&[1.0, 1.0], &[1.0, 2.0]).is_nan());
+    }
+
+    #[test]
+    fn a_promotion_costs_only_the_extra_epochs() {
+        let budgets = Budgets::epochs(1, 9, 3);
+        let space = MfProblem::Zdt1.space();
+        let settings = SmboSettings::new(2, 40, budgets, 0);
+        let mut opt = Smbo::random_search(space, settings).unwrap();
+        let mut promotions = 0;
+        while let Ask::Trial(t) = opt.ask() {
+            let cost = trial_cost(opt.records(), &t);
+            match t.continues {
+                Some(p) => {
+                    promotions += 1;
+                    let parent = opt.records()[p as usize].trial.budget;
+                    assert!(parent < t.budget);
+                    assert_eq!(cost, t.budget - parent);
+                }
+                None => assert_eq!(cost, t.budget),
+            }
+            let objectives = vec![t.id as f64 % 7.0, 1.0 / (1.0 + t.id as f64)];
+            opt.tell(t.id, Outcome::Success { objectives }).unwrap();
+        }
+        assert!(promotions > 0);
+    }
+
+    #[test]
+    fn cycle_cost_of_hyperband_1_27() {
+        // Brackets: 27@1, 9@3, 3@9, 1@27 (27 + 18 + 18 + 18 = 81); 12@3, 4@9, 1@27 (36 + 24 +
+        // 18 = 78); 6@9, 2@27 (54 + 36 = 90); 4@27 (108).
+        let (trials, cost) = cycle_trials_and_cost(&Budgets::epochs(1, 27, 3));
+        assert_eq!(trials, 40 + 17 + 8 + 4);
+        assert_eq!(cost, 81.0 + 78.0 + 90.0 + 108.0);
+    }
+
+    #[test]
+    fn runs_stop_on_the_cost_budget() {
+        let bench = MfBench {
+            problem: MfProblem::Zdt1,
+            max_budget: 9.0,
+            seed: 1,
+        };
+        for schedule in [Schedule::Hyperband, Schedule::Asha] {
+            let budgets = Budgets {
+                schedule,
+                ..Budgets::epochs(1, 9, 3)
+            };
+            let run = run_on_cost(&bench, &budgets, ModelData::AllBudgets, 100.0, 1).unwrap();
+            // Never over the budget, and stopped only by a trial (at most 9 epochs) not fitting.
+            assert!(run.cost <= 100.0 && run.cost > 100.0 - 9.0, "{}", run.cost);
+            let n: usize = run.trials_per_budget.iter().map(|c| c.trials).sum();
+            assert_eq!(n, run.trials);
+            // The cost is the sum of the rungs' new epochs: at least what the top rung's
+            // promotions add, at most every trial's full budget.
+            let full: f64 = run
+                .trials_per_budget
+                .iter()
+                .map(|c| c.budget * c.trials as f64)
+                .sum();
+            assert!(
+                run.cost < full,
+                "promotions paid in full: {} {full}",
+                run.cost
+            );
+            assert!(run.anytime_hypervolume.windows(2).all(|w| w[0] <= w[1]));
+            assert_eq!(run.anytime_hypervolume[3], run.hypervolume);
+        }
+        // Single fidelity: 11 trials of 9 epochs fit in 100.
+        let run = run_on_cost(
+            &bench,
+            &Budgets::epochs(9, 9, 3),
+            ModelData::AllBudgets,
+            100.0,
+            1,
+        )
+        .unwrap();
+        assert_eq!((run.cost, run.trials), (99.0, 11));
+    }
+
+    #[test]
+    fn tiny_bench_reports_both_fidelities() {
+        let args = BenchArgs {
+            problem: ProblemChoice::MfAll,
+            cost_budget: 60,
+            max_budget: 9,
+            seeds: 2,
+            ..BenchArgs::default()
+        };
+        let mut out = Vec::new();
+        let Report::MultiFidelity(report) = crate::commands::bench::run(&args, &mut out).unwrap()
+        else {
+            panic!("mf problems give the multi-fidelity report");
+        };
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(report.problems.len(), 4, "{text}");
+        for p in &report.problems {
+            assert_eq!(p.seeds.len(), 2);
+            // Budgets 1 and 3 below 9.
+            assert_eq!(p.rank_agreement.len(), 2);
+            for s in &p.seeds {
+                assert!(s.multi_fidelity.cost <= 60.0 && s.single_fidelity.cost <= 60.0);
+                assert!(s.multi_fidelity.trials > s.single_fidelity.trials);
+                assert_eq!(s.single_fidelity.trials, 6);
+            }
+            assert!(text.contains(p.problem));
+        }
+        assert!(text.contains("median"));
+        let json = serde_json::to_value(Report::MultiFidelity(report)).unwrap();
+        assert!(json["problems"][0]["seeds"][0]["single_fidelity"]["hypervolume"].is_number());
+        assert!(json["problems"][0]["rank_agreement"][0]["front_rank"].is_number());
+    }
+
+    #[test]
+    fn problems_rank_as_documented() {
+        // What each problem is meant to be: mf-zdt1 ranks well at one epoch, mf-dtlz2 misleads.
+        let budgets = Budgets::epochs(1, 27, 3);
+        let low = |p| rank_agreement(p, &budgets, 300, 0)[0].front_rank;
+        assert!(low(MfProblem::Zdt1) >= RANKS_WELL);
+        assert!(low(MfProblem::Dtlz2) < RANKS_WELL);
+    }
+}
