@@ -33,6 +33,7 @@ use burn::backend::{
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Tensor, TensorData};
 use rayon::prelude::*;
+use std::cell::RefCell;
 
 /// Stride, symmetric padding and groups of a convolution (dilation is 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -609,10 +610,32 @@ fn matmul(
     }
 }
 
-/// Images per rayon task: a few tasks per thread for balance, each with its own buffers (an
-/// unfolding is up to a few MB, so not one allocation per image).
+/// Images per weight-gradient chunk: a few chunks per thread for balance, each summing into its
+/// own partial gradient.
 fn images_per_task(batch: usize) -> usize {
     batch.div_ceil(4 * rayon::current_num_threads()).max(1)
+}
+
+thread_local! {
+    /// Each thread's unfolding buffer, kept between calls. A fresh buffer per call is a large
+    /// allocation, which glibc serves with a new mmap and a page fault per 4 KiB on first touch:
+    /// measured, that cost as much as the gemms of the input gradient.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's scratch buffer of `len` floats (contents unspecified). Falls back
+/// to a fresh buffer if the thread's is in use, which the kernels never cause (nothing inside
+/// `f` re-enters rayon: the gemms run single-threaded).
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        Err(_) => f(&mut vec![0.0; len]),
+    })
 }
 
 /// `[batch, cout, oh, ow]` output.
@@ -621,10 +644,8 @@ fn forward(geo: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f3
     let mut out = vec![0.0f32; geo.batch * geo.y_image()];
     out.par_chunks_mut(geo.y_image())
         .zip(x.par_chunks(geo.x_image()))
-        .with_min_len(images_per_task(geo.batch))
-        .for_each_init(
-            || vec![0.0f32; geo.col_len()],
-            |col, (y_img, x_img)| {
+        .for_each(|(y_img, x_img)| {
+            with_scratch(geo.col_len(), |col| {
                 for g in 0..geo.groups {
                     let y_g = &mut y_img[g * cog * n..][..cog * n];
                     if let Some(b) = bias {
@@ -644,8 +665,8 @@ fn forward(geo: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f3
                     };
                     matmul(y_g, n, cog, n, k, w_g, col_g, bias.is_some());
                 }
-            },
-        );
+            })
+        });
     out
 }
 
@@ -655,10 +676,8 @@ fn grad_input(geo: &Geometry, w: &[f32], dy: &[f32]) -> Vec<f32> {
     let mut dx = vec![0.0f32; geo.batch * geo.x_image()];
     dx.par_chunks_mut(geo.x_image())
         .zip(dy.par_chunks(geo.y_image()))
-        .with_min_len(images_per_task(geo.batch))
-        .for_each_init(
-            || vec![0.0f32; geo.col_len()],
-            |dcol, (dx_img, dy_img)| {
+        .for_each(|(dx_img, dy_img)| {
+            with_scratch(geo.col_len(), |dcol| {
                 for g in 0..geo.groups {
                     // W_gᵀ: element (r, co) of the [k × cog] transpose is w[co * k + r].
                     let w_t = Mat {
@@ -679,8 +698,8 @@ fn grad_input(geo: &Geometry, w: &[f32], dy: &[f32]) -> Vec<f32> {
                         col2im_add(geo, dcol, g, dx_img);
                     }
                 }
-            },
-        );
+            })
+        });
     dx
 }
 
@@ -695,34 +714,35 @@ fn grad_weight(geo: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
         .into_par_iter()
         .map(|c| {
             let mut acc = vec![0.0f32; len];
-            let mut col = vec![0.0f32; geo.col_len()];
-            for b in c * per_chunk..((c + 1) * per_chunk).min(geo.batch) {
-                let x_img = &x[b * geo.x_image()..][..geo.x_image()];
-                let dy_img = &dy[b * geo.y_image()..][..geo.y_image()];
-                for g in 0..geo.groups {
-                    let dy_g = Mat {
-                        data: &dy_img[g * cog * n..][..cog * n],
-                        rs: n,
-                        cs: 1,
-                    };
-                    // col_gᵀ: element (p, r) of the [n × k] transpose is col[r * n + p].
-                    let col_t = Mat {
-                        data: geo.unfolded(x_img, g, &mut col),
-                        rs: 1,
-                        cs: n,
-                    };
-                    matmul(
-                        &mut acc[g * cog * k..][..cog * k],
-                        k,
-                        cog,
-                        k,
-                        n,
-                        dy_g,
-                        col_t,
-                        true,
-                    );
+            with_scratch(geo.col_len(), |col| {
+                for b in c * per_chunk..((c + 1) * per_chunk).min(geo.batch) {
+                    let x_img = &x[b * geo.x_image()..][..geo.x_image()];
+                    let dy_img = &dy[b * geo.y_image()..][..geo.y_image()];
+                    for g in 0..geo.groups {
+                        let dy_g = Mat {
+                            data: &dy_img[g * cog * n..][..cog * n],
+                            rs: n,
+                            cs: 1,
+                        };
+                        // col_gᵀ: element (p, r) of the [n × k] transpose is col[r * n + p].
+                        let col_t = Mat {
+                            data: geo.unfolded(x_img, g, col),
+                            rs: 1,
+                            cs: n,
+                        };
+                        matmul(
+                            &mut acc[g * cog * k..][..cog * k],
+                            k,
+                            cog,
+                            k,
+                            n,
+                            dy_g,
+                            col_t,
+                            true,
+                        );
+                    }
                 }
-            }
+            });
             acc
         })
         .collect();
