@@ -610,11 +610,10 @@ fn matmul(
     }
 }
 
-/// Images per weight-gradient chunk: a few chunks per thread for balance, each summing into its
-/// own partial gradient.
-fn images_per_task(batch: usize) -> usize {
-    batch.div_ceil(4 * rayon::current_num_threads()).max(1)
-}
+/// Images per weight-gradient chunk, each summing into its own partial gradient. Fixed rather
+/// than derived from the thread count, so the gradient's summation order (and its rounding) is
+/// the same on every machine.
+const IMAGES_PER_CHUNK: usize = 8;
 
 thread_local! {
     /// Each thread's unfolding buffer, kept between calls. A fresh buffer per call is a large
@@ -704,11 +703,11 @@ fn grad_input(geo: &Geometry, w: &[f32], dy: &[f32]) -> Vec<f32> {
 }
 
 /// `[cout, cig, kh, kw]` weight gradient: `dW_g += dY_g · col_gᵀ` over the images of a chunk,
-/// then the chunks' sums added in chunk order.
+/// then the chunks' sums added in chunk order: the same result for any number of threads.
 fn grad_weight(geo: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let (k, n, cog) = (geo.k(), geo.n(), geo.cog);
     let len = geo.cout * k;
-    let per_chunk = images_per_task(geo.batch);
+    let per_chunk = IMAGES_PER_CHUNK;
     let chunks = geo.batch.div_ceil(per_chunk);
     let partials: Vec<Vec<f32>> = (0..chunks)
         .into_par_iter()
@@ -1021,6 +1020,42 @@ mod tests {
             rel_err(&flipped, &burn) > 1e-2,
             "a flipped kernel must differ"
         );
+    }
+
+    #[test]
+    fn gradients_do_not_depend_on_the_thread_count() {
+        let case = Case {
+            batch: 21,
+            cin: 4,
+            cout: 5,
+            hw: [9, 9],
+            k: 3,
+            params: Conv2dParams::new([1, 1], [1, 1], 1),
+            bias: false,
+        };
+        let inp = inputs(&case, 21);
+        let grads = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("thread pool");
+            pool.install(|| {
+                let t = |d: &TensorData| FlexTensor::from_data(d.clone());
+                let wanted = Wanted {
+                    x: true,
+                    weight: true,
+                    bias: true,
+                };
+                let g = Flex::conv2d_backward(t(&inp.x), t(&inp.w), t(&inp.r), case.params, wanted);
+                [g.x, g.weight, g.bias].map(|g| {
+                    g.expect("wanted gradient")
+                        .into_data()
+                        .try_to_vec::<f32>()
+                        .expect("f32 data")
+                })
+            })
+        };
+        assert!(grads(1) == grads(3), "bitwise equal for 1 and 3 threads");
     }
 
     #[test]
