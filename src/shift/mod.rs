@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
+#[cfg(feature = "dsnn")]
+pub mod cpu_conv;
 #[cfg(feature = "gpu-kernels")]
 pub mod kernel;
 #[cfg(feature = "dsnn")]
