@@ -1,5 +1,6 @@
 //! One ResNet20 train step (forward, cross-entropy, backward, SGD-momentum update) at batch 128
-//! on 3x32x32 inputs, on burn's CPU backend: float, every layer Q, every layer PS.
+//! on 3x32x32 inputs, on burn's CPU backend: float, every layer Q, every layer PS, each with the
+//! fused CPU convolution (`shift::cpu_conv`) and with burn's own, side by side.
 //!
 //! `cargo bench --bench train_step`; criterion reports the step time and images/s.
 
@@ -9,6 +10,7 @@ use burn::tensor::{Device, Distribution, Int, Tensor};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use dsnn_hpo::arch::{Backbone, InputShape, NetSpec};
 use dsnn_hpo::model::Network;
+use dsnn_hpo::shift::cpu_conv;
 use dsnn_hpo::shift::{Rounding, ShiftKind, ShiftSettings};
 
 const BATCH: usize = 128;
@@ -19,11 +21,15 @@ fn bench_train_step(c: &mut Criterion) {
     let mut group = c.benchmark_group("resnet20_train_step_b128");
     group.sample_size(10);
     group.throughput(Throughput::Elements(BATCH as u64));
-    for (name, depth, kind) in [
+    let runs = [
         ("float", 0, ShiftKind::Q),
         ("all_q", 20, ShiftKind::Q),
         ("all_ps", 20, ShiftKind::Ps),
-    ] {
+    ];
+    // Each network with the fused CPU convolution and with burn's, side by side in one run.
+    for ((name, depth, kind), fused) in runs.into_iter().flat_map(|r| [(r, true), (r, false)]) {
+        cpu_conv::set_enabled(fused);
+        let name = format!("{name}_{}", if fused { "fused" } else { "burn" });
         let settings = ShiftSettings {
             kind,
             weight_bits: 5,
@@ -49,7 +55,7 @@ fn bench_train_step(c: &mut Criterion) {
             &device,
         );
         let loss_fn = CrossEntropyLossConfig::new().init(&device);
-        group.bench_function(name, |b| {
+        group.bench_function(&name, |b| {
             b.iter(|| {
                 let logits = model.forward(x.clone());
                 let loss = loss_fn.forward(logits, y.clone());

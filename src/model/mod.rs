@@ -8,6 +8,7 @@ use burn::tensor::{Device, Tensor};
 
 use crate::arch::{Backbone, LayerKind, LayerSpec, NetSpec};
 use crate::shift::ShiftSettings;
+use crate::shift::cpu_conv::{Conv2dParams, conv2d_auto};
 use crate::shift::layer::{ShiftConv2d, ShiftConv2dConfig, ShiftLinear, ShiftLinearConfig};
 
 mod resnet;
@@ -59,7 +60,20 @@ impl ConvLayer {
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         match self {
-            ConvLayer::Float(c) => c.forward(x),
+            ConvLayer::Float(c) => match c.padding {
+                // The layers `from_spec` builds: explicit symmetric padding, no groups or dilation.
+                PaddingConfig2d::Explicit(top, left, bottom, right)
+                    if top == bottom && left == right && c.groups == 1 && c.dilation == [1, 1] =>
+                {
+                    conv2d_auto(
+                        x,
+                        c.weight.val(),
+                        c.bias.as_ref().map(|b| b.val()),
+                        Conv2dParams::new(c.stride, [top, left], 1),
+                    )
+                }
+                _ => c.forward(x),
+            },
             ConvLayer::Shift(c) => c.forward(x),
         }
     }

@@ -112,6 +112,45 @@ pub trait FusedConv2d: Backend {
     ) -> FloatTensor<Self>;
 }
 
+thread_local! {
+    /// This thread's choice (see [`enabled`]); `None` until first read.
+    static ENABLED: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Whether convolutions on the CPU take the fused path on this thread: yes unless the
+/// environment says `DSNN_HPO_CPU_CONV=burn` (burn's own convolution, to compare or to rule the
+/// fused one out) or [`set_enabled`] said otherwise.
+pub fn enabled() -> bool {
+    ENABLED.with(|e| match e.get() {
+        Some(on) => on,
+        None => {
+            let on = std::env::var("DSNN_HPO_CPU_CONV").as_deref() != Ok("burn");
+            e.set(Some(on));
+            on
+        }
+    })
+}
+
+/// Chooses the path for this thread (benchmarks and tests compare the two side by side).
+pub fn set_enabled(on: bool) {
+    ENABLED.with(|e| e.set(Some(on)));
+}
+
+/// The layers' convolution: the fused one where it applies and is [`enabled`], else burn's
+/// `conv2d` with the same options (GPUs).
+pub fn conv2d_auto(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    params: Conv2dParams,
+) -> Tensor<4> {
+    if enabled() && applies(&x) {
+        conv2d(x, weight, bias, params)
+    } else {
+        burn::tensor::module::conv2d(x, weight, bias, params.options())
+    }
+}
+
 /// True when [`conv2d`] can take this tensor: f32 on the flex device, with or without autodiff.
 pub fn applies<const D: usize>(x: &Tensor<D>) -> bool {
     x.dtype() == DType::F32 && matches!(x.device().inner().as_dispatch(), DispatchDevice::Flex(_))

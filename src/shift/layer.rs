@@ -6,10 +6,10 @@
 
 use burn::module::{Flag, Module, Param};
 use burn::nn::Initializer;
-use burn::tensor::module::{conv2d, linear};
-use burn::tensor::ops::ConvOptions;
+use burn::tensor::module::linear;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 
+use super::cpu_conv::{Conv2dParams, conv2d_auto};
 use super::quant;
 use super::{PackedShiftWeights, Rounding, SettingsError, ShiftKind, ShiftSettings, ShiftWeight};
 
@@ -243,13 +243,8 @@ pub struct ShiftConv2d {
 }
 
 impl ShiftConv2d {
-    fn options(&self) -> ConvOptions<2> {
-        ConvOptions::new(
-            [self.stride, self.stride],
-            [self.padding, self.padding],
-            [1, 1],
-            1,
-        )
+    fn params(&self) -> Conv2dParams {
+        Conv2dParams::new([self.stride, self.stride], [self.padding, self.padding], 1)
     }
 
     /// The weight the forward pass uses, `[out, in, k, k]`.
@@ -264,7 +259,7 @@ impl ShiftConv2d {
         let s = &self.settings;
         let x = quantize_input(s, input);
         let bias = self.bias.as_ref().map(|b| quantize_input(s, b.val()));
-        conv2d(x, self.quantized_weight(), bias, self.options())
+        conv2d_auto(x, self.quantized_weight(), bias, self.params())
     }
 
     /// Packed integer weights (sign and shift per weight) and the float bias.
@@ -297,13 +292,8 @@ impl ExportedShiftConv2d {
         let s = &self.settings;
         let w = unpack_tensor::<4>(&self.weights, &device)?;
         let bias = exported_bias(&self.bias, s, &device);
-        let options = ConvOptions::new(
-            [self.stride, self.stride],
-            [self.padding, self.padding],
-            [1, 1],
-            1,
-        );
-        Ok(conv2d(quantize_input(s, input), w, bias, options))
+        let params = Conv2dParams::new([self.stride, self.stride], [self.padding, self.padding], 1);
+        Ok(conv2d_auto(quantize_input(s, input), w, bias, params))
     }
 }
 
