@@ -8,6 +8,7 @@
 //! the meters behind its trial's energy records.
 
 pub mod baseline;
+pub mod cost;
 pub mod energy;
 pub mod export;
 pub mod front;
@@ -21,6 +22,7 @@ use serde::Serialize;
 use crate::space::Config;
 use crate::store::{TrialLine, TrialStatus};
 pub use baseline::{Comparison, DefaultResult, Improvement};
+pub use cost::{BudgetCost, CostReport};
 pub use energy::{PerImageSources, RankAgreement};
 pub use front::{at_highest_budget, front_of, normalised_hypervolume, same_config};
 pub use run::{ReportError, Run};
@@ -227,6 +229,8 @@ pub struct Report {
     /// Normalised hypervolume of the front (objectives min-max scaled over successful trials,
     /// reference 1.1 per objective).
     pub hypervolume: f64,
+    /// Epochs per budget and the front's hypervolume after each quarter of them.
+    pub cost: CostReport,
     /// The front, plus the default's result when it is not on the front; sorted by the first
     /// objective (loss), then the others, then id.
     pub rows: Vec<Row>,
@@ -359,6 +363,7 @@ impl Report {
             violations: violation_counts(lines),
             configurations: at_highest_budget(lines).len(),
             hypervolume: normalised_hypervolume(lines, &front),
+            cost: CostReport::of(lines),
             rows,
             default: DefaultInfo {
                 config: run.info.default_config.clone(),

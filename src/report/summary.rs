@@ -32,6 +32,8 @@ pub struct Summary {
     /// Hypervolume of the front, objectives min-max normalised over successful trials,
     /// reference point 1.1 per objective.
     pub hypervolume: f64,
+    /// Epochs per budget and the front's hypervolume after each quarter of them.
+    pub cost: super::CostReport,
     pub wall_s: f64,
     /// The search's own energy (this process, all phases), with its sources.
     pub search_energy: crate::energy::EnergyRecord,

@@ -55,6 +55,30 @@ pub fn write_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> 
         },
         report.hypervolume
     )?;
+    let c = &report.cost;
+    let budgets: Vec<String> = c
+        .by_budget
+        .iter()
+        .map(|b| {
+            format!(
+                "{}: {} trials, {} epochs ({:.0}%)",
+                fmt_budget(b.budget),
+                b.trials,
+                fmt_budget(b.epochs),
+                100.0 * b.share
+            )
+        })
+        .collect();
+    writeln!(
+        out,
+        "Cost: {} epochs trained (a continued trial counts the epochs it added); by budget {}; hypervolume after 25/50/75/100% of them {:.4} / {:.4} / {:.4} / {:.4} (normalised as above)",
+        fmt_budget(c.epochs),
+        budgets.join(", "),
+        c.hypervolume_at_quarters[0],
+        c.hypervolume_at_quarters[1],
+        c.hypervolume_at_quarters[2],
+        c.hypervolume_at_quarters[3]
+    )?;
     writeln!(out)?;
     let mut header: Vec<String> = vec!["id".into(), "budget".into()];
     header.extend(report.parameters.iter().cloned());

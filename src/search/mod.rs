@@ -618,6 +618,7 @@ pub fn optimize(cfg: &RunConfig, opts: &OptimizeOptions) -> Result<Summary, Erro
         stop,
         front: front.iter().map(|t| t.id).collect(),
         hypervolume: normalised_hypervolume(&lines, &front),
+        cost: crate::report::CostReport::of(&lines),
         wall_s: started.elapsed().as_secs_f64(),
         search_energy,
         trials_energy_kwh: energy_kwh,
