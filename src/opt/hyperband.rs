@@ -100,6 +100,16 @@ impl Budgets {
             .max(0.0) as usize
     }
 
+    /// Where `b` lies between the smallest and the largest budget on a log scale: 0 at `min`,
+    /// 1 at `max` (1 when they are equal).
+    pub fn level(&self, b: f64) -> f64 {
+        if self.max > self.min {
+            ((b / self.min).ln() / (self.max / self.min).ln()).clamp(0.0, 1.0)
+        } else {
+            1.0
+        }
+    }
+
     /// `max * eta^-k`, rounded when budgets are integers.
     pub fn budget(&self, k: usize) -> f64 {
         let b = self.max * self.eta.powi(-(k as i32));

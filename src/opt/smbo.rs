@@ -661,39 +661,31 @@ impl Smbo {
         })
     }
 
-    /// With [`ModelData::AllBudgets`] and finished trials at more than one budget: the budget's
-    /// input to the forest, `None` otherwise (one budget: the inputs stay the configuration's).
-    fn budget_input(&self) -> Option<impl Fn(f64) -> f64 + use<>> {
+    /// Whether the model learns from every budget, the budget one more input: with
+    /// [`ModelData::AllBudgets`] once finished trials span more than one budget (before that,
+    /// and in single-fidelity runs, the inputs stay the configuration's).
+    fn learns_across_budgets(&self) -> bool {
         if self.settings.model_data != ModelData::AllBudgets {
-            return None;
+            return false;
         }
         let mut finished = self.records.iter().filter(|r| r.outcome.is_some());
-        let first = finished.next()?.trial.budget;
-        if finished.all(|r| r.trial.budget == first) {
-            return None;
-        }
-        let (min, max) = (self.settings.budgets.min, self.settings.budgets.max);
-        Some(move |b: f64| {
-            if max > min {
-                ((b / min).ln() / (max / min).ln()).clamp(0.0, 1.0)
-            } else {
-                1.0
-            }
-        })
+        finished
+            .next()
+            .is_some_and(|first| finished.any(|r| r.trial.budget != first.trial.budget))
     }
 
     fn propose_from_model(&mut self) -> Option<Vec<f64>> {
         let budget = self.model_budget()?;
-        let level = self.budget_input();
+        let across = self.learns_across_budgets();
         let rows: Vec<&TrialRecord> = self
             .records
             .iter()
-            .filter(|r| r.outcome.is_some() && (level.is_some() || r.trial.budget == budget))
+            .filter(|r| r.outcome.is_some() && (across || r.trial.budget == budget))
             .collect();
         let features = |r: &TrialRecord| {
             let mut f = self.space.features(&r.vector);
-            if let Some(level) = &level {
-                f.push(level(r.trial.budget));
+            if across {
+                f.push(self.settings.budgets.level(r.trial.budget));
             }
             f
         };
@@ -718,22 +710,22 @@ impl Smbo {
             Liar::Mean => y.iter().sum::<f64>() / y.len() as f64,
             Liar::Worst => y.iter().copied().fold(f64::NEG_INFINITY, f64::max),
         };
-        // Only configurations the model knows nothing of at its budget get a lie, once each: a
-        // running promotion of a configuration measured here (asynchronous schedules promote the
-        // best ones while other workers ask) would otherwise pull its real cost to the mean and
-        // send the next proposals away from the front.
+        // Only configurations without a measurement among the model's rows get a lie, once
+        // each: a running promotion of a measured configuration (asynchronous schedules promote
+        // the best ones while other workers ask) would otherwise pull its real cost to the mean
+        // and send the next proposals away from the front.
         if lie.is_finite() {
-            let mut known: HashSet<Vec<u64>> =
+            let mut measured: HashSet<Vec<u64>> =
                 rows.iter().map(|r| SearchSpace::key(&r.vector)).collect();
             for r in self.records.iter().filter(|r| r.outcome.is_none()) {
-                if known.insert(SearchSpace::key(&r.vector)) {
+                if measured.insert(SearchSpace::key(&r.vector)) {
                     x.push(features(r));
                     y.push(lie);
                 }
             }
         }
         let mut kinds = self.space.feature_kinds();
-        if level.is_some() {
+        if across {
             kinds.push(FeatureKind::Continuous);
         }
         let forest = Forest::fit(&x, &y, &kinds, &self.settings.forest, self.rng.random());
@@ -761,9 +753,7 @@ impl Smbo {
             .map(|(_, f)| {
                 // What the model expects of this configuration at the largest budget.
                 let mut f = f.clone();
-                if level.is_some()
-                    && let Some(b) = f.last_mut()
-                {
+                if across && let Some(b) = f.last_mut() {
                     *b = 1.0;
                 }
                 forest.predict(&f).0
@@ -784,7 +774,7 @@ impl Smbo {
         if known.0.is_some() {
             acquisition = acquisition.with_filter(&allowed);
         }
-        if level.is_some() {
+        if across {
             acquisition = acquisition.at_budget_input(1.0);
         }
         let candidates = acquisition.maximize(&previous, &self.settings.maximizer, &mut self.rng);

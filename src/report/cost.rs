@@ -1,6 +1,8 @@
 //! Where a search's cost went: epochs trained per budget, and the front's hypervolume after each
 //! quarter of the epochs spent (anytime performance), so a user sees whether the cheap budgets paid.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 
 use super::front::{front_of, normalised_hypervolume};
@@ -32,13 +34,14 @@ pub struct CostReport {
 
 impl CostReport {
     pub fn of(lines: &[TrialLine]) -> CostReport {
+        let budget_of: HashMap<u64, f64> = lines.iter().map(|l| (l.id, l.budget)).collect();
         let trained: Vec<f64> = lines
             .iter()
             .map(|l| {
                 let from = l
                     .continued_from
-                    .and_then(|p| lines.iter().find(|o| o.id == p))
-                    .map_or(0.0, |p| p.budget);
+                    .and_then(|p| budget_of.get(&p).copied())
+                    .unwrap_or(0.0);
                 (l.budget - from).max(0.0)
             })
             .collect();

@@ -52,6 +52,11 @@ impl Conv2dParams {
         }
     }
 
+    /// The same stride and padding in both directions, no groups: the layers' convolutions.
+    pub fn square(stride: usize, padding: usize) -> Self {
+        Self::new([stride, stride], [padding, padding], 1)
+    }
+
     /// The same convolution as burn's options, for `burn::tensor::module::conv2d`.
     pub fn options(&self) -> ConvOptions<2> {
         ConvOptions::new(self.stride, self.padding, [1, 1], self.groups)

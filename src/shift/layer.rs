@@ -244,7 +244,7 @@ pub struct ShiftConv2d {
 
 impl ShiftConv2d {
     fn params(&self) -> Conv2dParams {
-        Conv2dParams::new([self.stride, self.stride], [self.padding, self.padding], 1)
+        Conv2dParams::square(self.stride, self.padding)
     }
 
     /// The weight the forward pass uses, `[out, in, k, k]`.
@@ -292,7 +292,7 @@ impl ExportedShiftConv2d {
         let s = &self.settings;
         let w = unpack_tensor::<4>(&self.weights, &device)?;
         let bias = exported_bias(&self.bias, s, &device);
-        let params = Conv2dParams::new([self.stride, self.stride], [self.padding, self.padding], 1);
+        let params = Conv2dParams::square(self.stride, self.padding);
         Ok(conv2d_auto(quantize_input(s, input), w, bias, params))
     }
 }
