@@ -16,6 +16,8 @@ use dsnn_hpo::shift::{Rounding, ShiftKind, ShiftSettings};
 const BATCH: usize = 128;
 
 fn bench_train_step(c: &mut Criterion) {
+    // As the binary does at start-up (src/train/malloc.rs).
+    dsnn_hpo::train::malloc::keep_freed_memory();
     let device = Device::flex().autodiff();
     device.seed(0);
     let mut group = c.benchmark_group("resnet20_train_step_b128");

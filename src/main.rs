@@ -6,6 +6,8 @@ use dsnn_hpo::cli::Cli;
 use dsnn_hpo::error::Error;
 
 fn main() -> ExitCode {
+    #[cfg(feature = "dsnn")]
+    dsnn_hpo::train::malloc::keep_freed_memory();
     let cli = Cli::parse();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

@@ -11,6 +11,8 @@ use std::str::FromStr;
 
 #[cfg(feature = "dsnn")]
 pub mod cpu_conv;
+#[cfg(feature = "dsnn")]
+pub mod cpu_quant;
 #[cfg(feature = "gpu-kernels")]
 pub mod kernel;
 #[cfg(feature = "dsnn")]

@@ -5,7 +5,9 @@
 //! - activations: `clamp(floor(x * 2^F) * 2^-F, -2^(I-1), 2^(I-1) - 1)`, straight-through.
 //!
 //! On the GPU backends the forward values come from the CubeCL kernels in `kernel` instead
-//! (same numbers, one pass); the gradient terms stay tensor ops.
+//! (same numbers, one pass); the gradient terms stay tensor ops. On the CPU the training
+//! quantizers (`quantize_q`, `quantize_ps`, `fixed_point`) are single-pass ops with their own
+//! backward (`cpu_quant`), the same numbers again; these tensor ops remain the reference.
 //!
 //! Every value these produce is exact: scaling by a power of two and `floor`/`round` are exact
 //! in f32, and powers of two are built with `powf` on an exact base of 2 (checked in the tests),
@@ -123,6 +125,9 @@ pub fn q_weight<const D: usize>(
 /// DeepShift-Q forward: power-of-two rounded weights, straight-through gradient.
 pub fn quantize_q<const D: usize>(w: Tensor<D>, weight_bits: u32, rounding: Rounding) -> Tensor<D> {
     let noise = draws(&w, rounding);
+    if super::cpu_quant::applies(&w) {
+        return super::cpu_quant::shift_q(w, noise, weight_bits);
+    }
     let q = q_weight(w.clone(), weight_bits, noise);
     straight_through(w, q)
 }
@@ -187,6 +192,9 @@ pub fn quantize_ps<const D: usize>(
     rounding: Rounding,
 ) -> Tensor<D> {
     let noise = ps_draws(&shift, &sign, rounding);
+    if super::cpu_quant::applies(&shift) {
+        return super::cpu_quant::shift_ps(shift, sign, noise, weight_bits);
+    }
     let w = ps_weight(shift.clone(), sign.clone(), weight_bits, noise);
     if !(shift.is_tracked() || sign.is_tracked()) {
         return w;
@@ -200,6 +208,9 @@ pub fn quantize_ps<const D: usize>(
 /// Fixed-point activation quantization with `int_bits` integer and `frac_bits` fraction bits:
 /// the CubeCL kernel on a GPU backend, tensor ops elsewhere; straight-through gradient.
 pub fn fixed_point<const D: usize>(x: Tensor<D>, int_bits: u32, frac_bits: u32) -> Tensor<D> {
+    if super::cpu_quant::applies(&x) {
+        return super::cpu_quant::fixed_point(x, int_bits, frac_bits);
+    }
     let q = fixed_point_value(x.clone(), int_bits, frac_bits);
     straight_through(x, q)
 }

@@ -8,6 +8,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod malloc;
 pub mod optim;
 
 use std::path::Path;
