@@ -11,6 +11,7 @@ use crate::shift::ShiftSettings;
 use crate::shift::cpu_conv::{Conv2dParams, conv2d_auto};
 use crate::shift::layer::{ShiftConv2d, ShiftConv2dConfig, ShiftLinear, ShiftLinearConfig};
 
+pub mod batch_norm;
 mod resnet;
 mod small_cnn;
 
