@@ -401,6 +401,71 @@ fn resnet20_trains_the_same_on_the_fused_cpu_convolution_as_on_burns() {
     }
 }
 
+/// Every batch norm's running mean and variance, in layer order.
+fn running_statistics(net: &Network) -> Vec<f32> {
+    let Network::ResNet(r) = net else {
+        panic!("a ResNet")
+    };
+    let mut bns = vec![&r.bn1];
+    for b in &r.blocks {
+        bns.extend([&b.bn1, &b.bn2]);
+    }
+    bns.iter()
+        .flat_map(|bn| {
+            [bn.running_mean.value_sync(), bn.running_var.value_sync()]
+                .into_iter()
+                .flat_map(vals)
+        })
+        .collect()
+}
+
+#[test]
+fn resnet20_batch_norm_statistics_and_eval_logits_match_burns() {
+    // A training step on the fused CPU path (convolutions and batch norm) and on burn's, from
+    // the same weights: the running statistics it leaves behind, and the eval-mode logits that
+    // use them, agree up to float rounding carried through the layers.
+    use dsnn_hpo::shift::cpu_conv;
+    let _rng = rng_lock();
+    let device = Device::flex().autodiff();
+    device.seed(5);
+    let spec = NetSpec::build(
+        Backbone::Resnet20,
+        InputShape::new(3, 32, 32),
+        10,
+        settings(ShiftKind::Q, 5),
+        0,
+    )
+    .unwrap();
+    let fused_net = Network::init(&spec, &device);
+    let x = Tensor::<4>::random(
+        [4, 3, 32, 32],
+        burn::tensor::Distribution::Normal(0.5, 1.0),
+        &device,
+    );
+    // The same weights and fresh running states in a second network (clones share the states).
+    let burn_net = Network::init(&spec, &device).load_record(fused_net.clone().into_record());
+    let before = running_statistics(&fused_net);
+    assert!(
+        before == running_statistics(&burn_net),
+        "same starting statistics"
+    );
+    let step = |net: &Network, fused: bool| {
+        cpu_conv::set_enabled(fused);
+        let logits = net.forward(x.clone());
+        let _grads = (logits.clone() * logits).sum().backward();
+        let stats = running_statistics(net);
+        let eval = vals(net.clone().valid().forward(x.clone().inner()));
+        cpu_conv::set_enabled(true);
+        (stats, eval)
+    };
+    let (fused, burn) = (step(&fused_net, true), step(&burn_net, false));
+    assert!(fused.0 != before, "the step updated the statistics");
+    let ds = relative_max_difference(&fused.0, &burn.0);
+    assert!(ds < 1e-6, "running statistics differ by {ds:e}");
+    let de = relative_max_difference(&fused.1, &burn.1);
+    assert!(de < 1e-5, "eval logits differ by {de:e}");
+}
+
 #[test]
 fn a_shift_layer_on_the_fused_cpu_convolution_matches_burns() {
     // Q and PS, fixed-point activations, the input's straight-through gradient and the weight's:

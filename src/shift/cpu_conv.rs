@@ -122,9 +122,9 @@ thread_local! {
     static ENABLED: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
 }
 
-/// Whether convolutions on the CPU take the fused path on this thread: yes unless the
-/// environment says `DSNN_HPO_CPU_CONV=burn` (burn's own convolution, to compare or to rule the
-/// fused one out) or [`set_enabled`] said otherwise.
+/// Whether convolutions (and batch norm, `model::batch_norm`) on the CPU take the fused path on
+/// this thread: yes unless the environment says `DSNN_HPO_CPU_CONV=burn` (burn's own ops, to
+/// compare or to rule the fused ones out) or [`set_enabled`] said otherwise.
 pub fn enabled() -> bool {
     ENABLED.with(|e| match e.get() {
         Some(on) => on,
