@@ -1,5 +1,5 @@
 //! A 2-D convolution for burn's CPU backend (`flex`) with its own forward and backward pass, run
-//! inside burn's autodiff (the spike of issue 13; not yet used by the models).
+//! inside burn's autodiff: every CPU convolution of the models (float and shift layers).
 //!
 //! How it reaches burn (see `notes/fused-conv-spike.md`): `FusedConv2d` is a backend extension
 //! (`#[backend_extension(Flex, Autodiff)]`, the mechanism `kernel` uses for the GPU quantizers).
