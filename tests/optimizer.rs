@@ -13,7 +13,9 @@ use dsnn_hpo::eval::Evaluator;
 use dsnn_hpo::eval::problems::Problem;
 use dsnn_hpo::opt::hypervolume::hypervolume;
 use dsnn_hpo::opt::pareto::{dominates, non_dominated_sort};
-use dsnn_hpo::opt::{Ask, Budgets, Outcome, Smbo, SmboSettings, TellError, Trial, parego};
+use dsnn_hpo::opt::{
+    Ask, Budgets, Outcome, Schedule, Smbo, SmboSettings, TellError, Trial, parego,
+};
 use dsnn_hpo::space::{ParamSpec, SearchSpace};
 
 fn close(a: f64, b: f64, tol: f64) -> bool {
@@ -173,11 +175,16 @@ fn run_sequential(seed: u64, trials: usize) -> Vec<Trial> {
 /// promotions and pending trials included.
 #[test]
 fn an_adopting_copy_asks_what_the_deciding_copy_asks() {
+    adopting_copy_asks_what_the_decider_asks(Schedule::Asha);
+    adopting_copy_asks_what_the_decider_asks(Schedule::Adaptive);
+}
+
+fn adopting_copy_asks_what_the_decider_asks(schedule: Schedule) {
     let budgets = Budgets {
         min: 1.0,
         max: 9.0,
         eta: 3.0,
-        schedule: dsnn_hpo::opt::Schedule::Asha,
+        schedule,
         integer: true,
     };
     let settings = SmboSettings {
@@ -434,7 +441,7 @@ fn the_model_learns_from_every_budget_under_asha() {
     // highest budget that has 8 (the promoted ones); from every budget it also sees the 40-odd
     // at one epoch, so its proposals after the initial design land nearer the bottom (measured
     // over these 24 seeds: 0.75 of the distance; 8-seed slices 0.61 to 0.90).
-    use dsnn_hpo::opt::{ModelData, Schedule};
+    use dsnn_hpo::opt::ModelData;
     let space = SearchSpace::new(
         vec![
             ParamSpec::float("a", 0.0, 1.0, 0.5),
@@ -490,9 +497,18 @@ fn the_model_learns_from_every_budget_under_asha() {
 
 #[test]
 fn multi_fidelity_with_parallel_workers_and_failures_never_stalls() {
+    parallel_workers_and_failures_never_stall(Schedule::Hyperband);
+    parallel_workers_and_failures_never_stall(Schedule::Adaptive);
+}
+
+fn parallel_workers_and_failures_never_stall(schedule: Schedule) {
     // Tell out of order, fail every 5th trial: the run must still finish all its trials, and every
     // promotion must continue a successful trial of the same configuration.
-    let mut settings = SmboSettings::new(2, 120, Budgets::epochs(10, 50, 3), 2);
+    let budgets = Budgets {
+        schedule,
+        ..Budgets::epochs(10, 50, 3)
+    };
+    let mut settings = SmboSettings::new(2, 120, budgets, 2);
     settings.initial_design = Some(6);
     let mut opt = Smbo::new(mixed_space(), settings).unwrap();
     let mut pending: Vec<Trial> = Vec::new();

@@ -64,6 +64,8 @@ pub enum ScheduleChoice {
     Hyperband,
     Asha,
     SuccessiveHalving,
+    /// Cost-aware: bracket shares follow the measured rank agreement (`[fidelity] schedule = "adaptive"`).
+    Adaptive,
 }
 
 impl From<ScheduleChoice> for Schedule {
@@ -72,6 +74,7 @@ impl From<ScheduleChoice> for Schedule {
             ScheduleChoice::Hyperband => Schedule::Hyperband,
             ScheduleChoice::Asha => Schedule::Asha,
             ScheduleChoice::SuccessiveHalving => Schedule::SuccessiveHalving,
+            ScheduleChoice::Adaptive => Schedule::Adaptive,
         }
     }
 }

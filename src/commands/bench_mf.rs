@@ -27,12 +27,12 @@ use std::io::Write;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
-use statrs::statistics::{Data, OrderStatistics, RankTieBreaker};
 
 use crate::eval::mf_problems::{MfBench, MfProblem, REFERENCE};
 use crate::opt::hypervolume::hypervolume;
+use crate::opt::rank::{front_ranks, spearman};
 use crate::opt::smbo::{Smbo, SmboSettings, TrialRecord};
-use crate::opt::{Ask, Budgets, Outcome, Trial, design, pareto};
+use crate::opt::{Ask, Budgets, Outcome, Schedule, Trial, design};
 
 use super::bench::{BenchArgs, BenchError, ModelDataChoice, ScheduleChoice, median};
 
@@ -60,6 +60,34 @@ pub struct CostRun {
     pub trials_per_budget: Vec<BudgetCount>,
     /// Hypervolume of the full-budget front after 25, 50, 75 and 100% of the spent cost.
     pub anytime_hypervolume: [f64; 4],
+    /// (epochs spent, hypervolume) after each full-budget trial: the anytime curve's steps.
+    #[serde(skip)]
+    pub curve: Vec<(f64, f64)>,
+    /// The adaptive schedule's rank agreement at the end of the run (empty for the others).
+    pub run_agreement: Vec<RunAgreement>,
+}
+
+impl CostRun {
+    /// The epochs after which the full-budget front first reached `target` (0 for a target of
+    /// 0 or less), `None` if it never did.
+    pub fn cost_to_reach(&self, target: f64) -> Option<f64> {
+        if target <= 0.0 {
+            return Some(0.0);
+        }
+        self.curve
+            .iter()
+            .find(|(_, hv)| *hv >= target)
+            .map(|(cost, _)| *cost)
+    }
+}
+
+/// How a lower budget ranked the adaptive schedule's full-budget chains, measured in the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunAgreement {
+    pub budget: f64,
+    /// Front-rank Spearman correlation with the full budget (null when undefined).
+    pub front_rank: f64,
+    pub pairs: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -69,6 +97,9 @@ pub struct MfSeedResult {
     pub single_fidelity: CostRun,
     /// Multi- over single-fidelity hypervolume (null when the latter is 0).
     pub ratio: f64,
+    /// Share of the cost budget after which multi-fidelity's front first reached
+    /// single-fidelity's final hypervolume (null if it never did).
+    pub cost_to_sf_final: Option<f64>,
 }
 
 /// Spearman correlations between one budget and the full budget.
@@ -96,6 +127,12 @@ pub struct MfProblemResult {
     pub median_sf_cost: f64,
     pub median_mf_anytime: [f64; 4],
     pub median_sf_anytime: [f64; 4],
+    /// Median over seeds of [`MfSeedResult::cost_to_sf_final`], a seed that never reached it
+    /// counting as infinite (null when most never did).
+    pub median_cost_to_sf_final: Option<f64>,
+    /// Seeds on which multi-fidelity reached single-fidelity's final hypervolume within a third
+    /// of the cost budget.
+    pub sf_final_within_third: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -176,13 +213,14 @@ pub fn run(
             )?;
             writeln!(
                 out,
-                "{:>6} {:>7} {:>7} {:>6} {:>7} {:>7}  {:<27} {:<27} mf trials per budget",
+                "{:>6} {:>7} {:>7} {:>6} {:>7} {:>7} {:>8}  {:<27} {:<27} mf trials per budget",
                 "seed",
                 "mf_hv",
                 "sf_hv",
                 "mf/sf",
                 "mf_cost",
                 "sf_cost",
+                "to_sf_hv",
                 "mf_hv @25/50/75/100% cost",
                 "sf_hv @25/50/75/100% cost",
             )?;
@@ -200,6 +238,7 @@ pub fn run(
             let r = MfSeedResult {
                 seed,
                 ratio: ratio(mf.hypervolume, sf.hypervolume),
+                cost_to_sf_final: mf.cost_to_reach(sf.hypervolume).map(|c| c / cost_budget),
                 multi_fidelity: mf,
                 single_fidelity: sf,
             };
@@ -212,17 +251,32 @@ pub fn run(
                     .collect();
                 writeln!(
                     out,
-                    "{:>6} {:>7.4} {:>7.4} {:>6.3} {:>7} {:>7}  {:<27} {:<27} {}",
+                    "{:>6} {:>7.4} {:>7.4} {:>6.3} {:>7} {:>7} {:>8}  {:<27} {:<27} {}",
                     seed,
                     r.multi_fidelity.hypervolume,
                     r.single_fidelity.hypervolume,
                     r.ratio,
                     r.multi_fidelity.cost,
                     r.single_fidelity.cost,
+                    share(r.cost_to_sf_final),
                     quarters(&r.multi_fidelity.anytime_hypervolume),
                     quarters(&r.single_fidelity.anytime_hypervolume),
                     per_budget.join(" ")
                 )?;
+                let run = &r.multi_fidelity.run_agreement;
+                if !run.is_empty() {
+                    let parts: Vec<String> = run
+                        .iter()
+                        .map(|a| format!("@{} {:.2} ({} chains)", a.budget, a.front_rank, a.pairs))
+                        .collect();
+                    writeln!(
+                        out,
+                        "{:>6} front-rank Spearman vs {} epochs measured in the run: {}",
+                        "",
+                        args.max_budget,
+                        parts.join(", ")
+                    )?;
+                }
             }
             seeds.push(r);
         }
@@ -253,19 +307,33 @@ pub fn run(
             median_sf_cost: med(&|r| r.single_fidelity.cost),
             median_mf_anytime: anytime(false),
             median_sf_anytime: anytime(true),
+            median_cost_to_sf_final: {
+                let m = median(
+                    seeds
+                        .iter()
+                        .map(|r| r.cost_to_sf_final.unwrap_or(f64::INFINITY))
+                        .collect(),
+                );
+                m.is_finite().then_some(m)
+            },
+            sf_final_within_third: seeds
+                .iter()
+                .filter(|r| r.cost_to_sf_final.is_some_and(|c| c <= 1.0 / 3.0))
+                .count(),
             rank_agreement: agreement,
             seeds,
         };
         if !args.json {
             writeln!(
                 out,
-                "{:>6} {:>7.4} {:>7.4} {:>6.3} {:>7} {:>7}  {:<27} {:<27} mf better on {} of {} seeds",
+                "{:>6} {:>7.4} {:>7.4} {:>6.3} {:>7} {:>7} {:>8}  {:<27} {:<27} mf better on {} of {} seeds",
                 "median",
                 result.median_mf_hypervolume,
                 result.median_sf_hypervolume,
                 result.median_ratio,
                 result.median_mf_cost,
                 result.median_sf_cost,
+                share(result.median_cost_to_sf_final),
                 quarters(&result.median_mf_anytime),
                 quarters(&result.median_sf_anytime),
                 result.mf_wins,
@@ -278,14 +346,21 @@ pub fn run(
         writeln!(out)?;
         writeln!(
             out,
-            "{:<9} {:>13} {:<10} {:>10} {:>10} {:>9} {:>8}",
-            "problem", "front rank @", "", "median mf", "median sf", "med mf/sf", "mf wins"
+            "{:<9} {:>13} {:<10} {:>10} {:>10} {:>9} {:>8} {:>13}",
+            "problem",
+            "front rank @",
+            "",
+            "median mf",
+            "median sf",
+            "med mf/sf",
+            "mf wins",
+            "to sf final"
         )?;
         for r in &results {
             let low = r.rank_agreement.first();
             writeln!(
                 out,
-                "{:<9} {:>13} {:<10} {:>10.4} {:>10.4} {:>9.3} {:>5}/{}",
+                "{:<9} {:>13} {:<10} {:>10.4} {:>10.4} {:>9.3} {:>5}/{} {:>6} ({}/{} <= 1/3)",
                 r.problem,
                 low.map_or("-".to_string(), |a| format!(
                     "{:.2} @{}",
@@ -300,6 +375,9 @@ pub fn run(
                 r.median_sf_hypervolume,
                 r.median_ratio,
                 r.mf_wins,
+                r.seeds.len(),
+                share(r.median_cost_to_sf_final),
+                r.sf_final_within_third,
                 r.seeds.len()
             )?;
         }
@@ -327,6 +405,11 @@ fn enum_name<T: Serialize>(v: &T) -> String {
         .ok()
         .and_then(|j| j.as_str().map(str::to_string))
         .unwrap_or_default()
+}
+
+/// A share of the cost budget, `-` for never.
+fn share(c: Option<f64>) -> String {
+    c.map_or("-".to_string(), |c| format!("{c:.3}"))
 }
 
 fn quarters(q: &[f64; 4]) -> String {
@@ -372,7 +455,13 @@ pub fn run_on_cost(
 ) -> Result<CostRun, BenchError> {
     let space = bench.problem.space();
     let (cycle_trials, cycle_cost) = cycle_trials_and_cost(budgets);
-    let expected = (cost_budget * cycle_trials as f64 / cycle_cost.max(f64::MIN_POSITIVE)) as usize;
+    let expected = match budgets.schedule {
+        // It starts as single fidelity (full-budget chains) until low budgets show they rank
+        // well: the design is what single fidelity's would be, one configuration per full
+        // budget the cost buys.
+        Schedule::Adaptive => (cost_budget / budgets.max) as usize,
+        _ => (cost_budget * cycle_trials as f64 / cycle_cost.max(f64::MIN_POSITIVE)) as usize,
+    };
     // Every trial trains at least one epoch (integer budgets >= 1): the cost ends the run first.
     let max_trials = cost_budget.ceil() as usize + 1;
     let mut settings = SmboSettings::new(2, max_trials, budgets.clone(), seed);
@@ -418,7 +507,28 @@ pub fn run_on_cost(
         })
         .collect();
     trials_per_budget.sort_by(|a, b| a.budget.total_cmp(&b.budget));
+    let curve = history
+        .iter()
+        .filter(|(_, p)| p.is_some())
+        .map(|(c, _)| (*c, hv_until(*c)))
+        .collect();
+    let run_agreement = opt
+        .scheduler()
+        .adaptive()
+        .map(|a| {
+            a.agreement()
+                .into_iter()
+                .map(|a| RunAgreement {
+                    budget: a.budget,
+                    front_rank: a.rho,
+                    pairs: a.pairs,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(CostRun {
+        curve,
+        run_agreement,
         hypervolume: hv_until(spent),
         cost: spent,
         trials: history.len(),
@@ -464,56 +574,11 @@ pub fn rank_agreement(
         .collect()
 }
 
-/// Each point's front index in a non-dominated sort (0 = Pareto front).
-fn front_ranks(points: &[Vec<f64>]) -> Vec<f64> {
-    let mut rank = vec![0.0; points.len()];
-    for (f, front) in pareto::non_dominated_sort(points).into_iter().enumerate() {
-        for i in front {
-            rank[i] = f as f64;
-        }
-    }
-    rank
-}
-
-/// Spearman's rank correlation: Pearson's on the ranks, ties given their mean rank. NaN when
-/// either side is constant, the lengths differ or a value is NaN.
-pub fn spearman(a: &[f64], b: &[f64]) -> f64 {
-    if a.len() != b.len() || a.len() < 2 || a.iter().chain(b).any(|v| v.is_nan()) {
-        return f64::NAN;
-    }
-    let ra = Data::new(a.to_vec()).ranks(RankTieBreaker::Average);
-    let rb = Data::new(b.to_vec()).ranks(RankTieBreaker::Average);
-    let n = ra.len() as f64;
-    let (ma, mb) = (ra.iter().sum::<f64>() / n, rb.iter().sum::<f64>() / n);
-    let (mut cov, mut va, mut vb) = (0.0, 0.0, 0.0);
-    for (x, y) in ra.iter().zip(&rb) {
-        cov += (x - ma) * (y - mb);
-        va += (x - ma).powi(2);
-        vb += (y - mb).powi(2);
-    }
-    if va == 0.0 || vb == 0.0 {
-        return f64::NAN;
-    }
-    cov / (va * vb).sqrt()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::commands::bench::{ProblemChoice, Report};
-    use crate::opt::{ModelData, Schedule};
-
-    #[test]
-    fn spearman_matches_hand_computation() {
-        // No ties: d = (0, 1, 1, 0), 1 - 6 * 2 / (4 * 15) = 0.8.
-        let r = spearman(&[1.0, 2.0, 3.0, 4.0], &[1.0, 3.0, 2.0, 4.0]);
-        assert!((r - 0.8).abs() < 1e-12, "{r}");
-        // Ties: ranks of y are (1, 2, 3.5, 5, 3.5); covariance 8, variances 10 and 9.5.
-        let r = spearman(&[1.0, 2.0, 3.0, 4.0, 5.0], &[5.0, 6.0, 7.0, 8.0, 7.0]);
-        assert!((r - 8.0 / 95f64.sqrt()).abs() < 1e-12, "{r}");
-        assert!((spearman(&[1.0, 2.0, 3.0], &[30.0, 20.0, 10.0]) + 1.0).abs() < 1e-12);
-        assert!(spearman(&[1.0, 1.0], &[1.0, 2.0]).is_nan());
-    }
+    use crate::opt::ModelData;
 
     #[test]
     fn a_promotion_costs_only_the_extra_epochs() {
@@ -555,7 +620,7 @@ mod tests {
             max_budget: 9.0,
             seed: 1,
         };
-        for schedule in [Schedule::Hyperband, Schedule::Asha] {
+        for schedule in [Schedule::Hyperband, Schedule::Asha, Schedule::Adaptive] {
             let budgets = Budgets {
                 schedule,
                 ..Budgets::epochs(1, 9, 3)
@@ -579,6 +644,14 @@ mod tests {
             );
             assert!(run.anytime_hypervolume.windows(2).all(|w| w[0] <= w[1]));
             assert_eq!(run.anytime_hypervolume[3], run.hypervolume);
+            // The curve's steps: the final front's hypervolume is reached at the last step.
+            assert_eq!(run.cost_to_reach(0.0), Some(0.0));
+            if run.hypervolume > 0.0 {
+                let at = run.cost_to_reach(run.hypervolume).unwrap();
+                assert!(at <= run.cost);
+                assert_eq!(run.cost_to_reach(run.hypervolume + 1e-9), None);
+            }
+            assert_eq!(run.run_agreement.is_empty(), schedule != Schedule::Adaptive);
         }
         // Single fidelity: 11 trials of 9 epochs fit in 100.
         let run = run_on_cost(

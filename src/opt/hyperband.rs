@@ -19,6 +19,7 @@ use std::collections::{HashMap, VecDeque};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::adaptive::Adaptive;
 use super::pareto;
 
 /// Guards float rounding in `log` and `ceil` (e.g. `log_3 27` or `4/3 * 9` landing just off an integer).
@@ -34,6 +35,10 @@ pub enum Schedule {
     /// 1/eta (non-dominated sorting + crowding distance), else starts a new configuration at the
     /// lowest budget. Workers never wait for a rung to fill.
     Asha,
+    /// Hyperband's brackets, asynchronous, every configuration starting at the smallest budget,
+    /// with each bracket's share of the cost set by how well its first budget has ranked
+    /// configurations for the full budget so far in the run ([`super::adaptive`]).
+    Adaptive,
 }
 
 /// The fidelity range and how it is scheduled.
@@ -135,7 +140,10 @@ impl Budgets {
     /// The brackets in the order they run (one cycle).
     pub fn plan(&self) -> Vec<Vec<RungPlan>> {
         match self.schedule {
-            Schedule::Hyperband => (0..=self.s_max()).rev().map(|s| self.bracket(s)).collect(),
+            // The adaptive schedule starts with Hyperband's shares of the cost.
+            Schedule::Hyperband | Schedule::Adaptive => {
+                (0..=self.s_max()).rev().map(|s| self.bracket(s)).collect()
+            }
             Schedule::SuccessiveHalving | Schedule::Asha => vec![self.bracket(self.s_max())],
         }
     }
@@ -179,7 +187,7 @@ pub enum SlotKind {
 }
 
 #[derive(Debug, Clone)]
-enum Status {
+pub(super) enum Status {
     Pending,
     Success(Vec<f64>),
     /// Measured, but broke a measured constraint: promoted only to fill slots feasible trials cannot.
@@ -188,9 +196,9 @@ enum Status {
 }
 
 #[derive(Debug, Clone)]
-struct Member {
-    trial: u64,
-    result: Status,
+pub(super) struct Member {
+    pub(super) trial: u64,
+    pub(super) result: Status,
 }
 
 #[derive(Debug, Clone)]
@@ -267,7 +275,10 @@ impl Bracket {
 }
 
 /// A rung's members as promotion candidates, measured at `budget`.
-fn candidates_of<'a>(members: impl Iterator<Item = &'a Member>, budget: f64) -> Vec<Candidate<'a>> {
+pub(super) fn candidates_of<'a>(
+    members: impl Iterator<Item = &'a Member>,
+    budget: f64,
+) -> Vec<Candidate<'a>> {
     members
         .map(|m| Candidate {
             trial: m.trial,
@@ -344,6 +355,8 @@ pub struct Scheduler {
     where_is: HashMap<u64, (u64, usize)>,
     /// ASHA's rungs (lowest budget first), when the schedule is asynchronous.
     asha: Vec<AshaRung>,
+    /// The adaptive schedule's state, when it is the schedule.
+    adaptive: Option<Adaptive>,
 }
 
 /// One budget of ASHA: everything ever run at it, and who was promoted out of it.
@@ -362,6 +375,7 @@ impl Scheduler {
         budgets.validate()?;
         let (self_schedule, s_max) = (budgets.schedule, budgets.s_max());
         let b = budgets.clone();
+        let b_adaptive = budgets.clone();
         let budget_of = move |k: usize| b.budget(k);
         Ok(Scheduler {
             plan: budgets.plan(),
@@ -382,6 +396,7 @@ impl Scheduler {
             } else {
                 Vec::new()
             },
+            adaptive: (self_schedule == Schedule::Adaptive).then(|| Adaptive::new(&b_adaptive)),
         })
     }
 
@@ -433,6 +448,9 @@ impl Scheduler {
 
     /// Next work in the oldest bracket that has some; opens the next bracket if none has and `open_new`.
     pub fn next_slot(&mut self, open_new: bool) -> Option<Slot> {
+        if let Some(adaptive) = &self.adaptive {
+            return adaptive.next_slot(open_new);
+        }
         if !self.asha.is_empty() {
             return self.asha_slot(open_new);
         }
@@ -467,6 +485,10 @@ impl Scheduler {
 
     /// Records that `trial` fills `slot` (as returned by the last [`Scheduler::next_slot`]).
     pub fn claim(&mut self, slot: &Slot, trial: u64) {
+        if let Some(adaptive) = &mut self.adaptive {
+            adaptive.claim(slot, trial);
+            return;
+        }
         if !self.asha.is_empty() {
             if let SlotKind::Promote { from } = slot.kind
                 && let Some(below) = slot.rung.checked_sub(1)
@@ -509,6 +531,10 @@ impl Scheduler {
     }
 
     fn record(&mut self, trial: u64, status: Status) {
+        if let Some(adaptive) = &mut self.adaptive {
+            adaptive.record(trial, status);
+            return;
+        }
         let Some((bracket_id, rung)) = self.where_is.remove(&trial) else {
             return;
         };
@@ -549,7 +575,15 @@ impl Scheduler {
 
     /// Brackets started and not finished.
     pub fn open_brackets(&self) -> usize {
-        self.open.len()
+        match &self.adaptive {
+            Some(a) => a.busy_brackets(),
+            None => self.open.len(),
+        }
+    }
+
+    /// The adaptive schedule's state (rank agreement, shares), when it is the schedule.
+    pub fn adaptive(&self) -> Option<&Adaptive> {
+        self.adaptive.as_ref()
     }
 }
 

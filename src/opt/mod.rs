@@ -5,12 +5,14 @@
 //! sequence of asks and tells give the same trials, which is how a run resumes from its trial log.
 
 pub mod acquisition;
+pub mod adaptive;
 pub mod design;
 pub mod forest;
 pub mod hyperband;
 pub mod hypervolume;
 pub mod parego;
 pub mod pareto;
+pub mod rank;
 pub mod smbo;
 
 use serde::{Deserialize, Serialize};

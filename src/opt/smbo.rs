@@ -325,6 +325,11 @@ impl Smbo {
         &self.records
     }
 
+    /// The schedule's state.
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
     /// Trials asked and not yet told.
     pub fn pending(&self) -> usize {
         self.pending
@@ -641,8 +646,13 @@ impl Smbo {
 
     /// The budget whose trials train the model (see the module doc).
     fn model_budget(&self) -> Option<f64> {
+        let misleading = self.misleading_budgets();
         let mut counts: Vec<(f64, usize)> = Vec::new();
-        for r in self.records.iter().filter(|r| r.outcome.is_some()) {
+        for r in self
+            .records
+            .iter()
+            .filter(|r| r.outcome.is_some() && !misleading.contains(&r.trial.budget))
+        {
             match counts.iter_mut().find(|(b, _)| *b == r.trial.budget) {
                 Some((_, c)) => *c += 1,
                 None => counts.push((r.trial.budget, 1)),
@@ -661,14 +671,26 @@ impl Smbo {
         })
     }
 
+    /// Budgets the adaptive schedule has measured to mislead: the model and the front
+    /// recombination leave their trials out (none under the other schedules).
+    fn misleading_budgets(&self) -> Vec<f64> {
+        self.scheduler
+            .adaptive()
+            .map(|a| a.misleading_budgets())
+            .unwrap_or_default()
+    }
+
     /// Whether the model learns from every budget, the budget one more input: with
     /// [`ModelData::AllBudgets`] once finished trials span more than one budget (before that,
     /// and in single-fidelity runs, the inputs stay the configuration's).
-    fn learns_across_budgets(&self) -> bool {
+    fn learns_across_budgets(&self, misleading: &[f64]) -> bool {
         if self.settings.model_data != ModelData::AllBudgets {
             return false;
         }
-        let mut finished = self.records.iter().filter(|r| r.outcome.is_some());
+        let mut finished = self
+            .records
+            .iter()
+            .filter(|r| r.outcome.is_some() && !misleading.contains(&r.trial.budget));
         finished
             .next()
             .is_some_and(|first| finished.any(|r| r.trial.budget != first.trial.budget))
@@ -676,11 +698,16 @@ impl Smbo {
 
     fn propose_from_model(&mut self) -> Option<Vec<f64>> {
         let budget = self.model_budget()?;
-        let across = self.learns_across_budgets();
+        let misleading = self.misleading_budgets();
+        let across = self.learns_across_budgets(&misleading);
         let rows: Vec<&TrialRecord> = self
             .records
             .iter()
-            .filter(|r| r.outcome.is_some() && (across || r.trial.budget == budget))
+            .filter(|r| {
+                r.outcome.is_some()
+                    && !misleading.contains(&r.trial.budget)
+                    && (across || r.trial.budget == budget)
+            })
             .collect();
         let features = |r: &TrialRecord| {
             let mut f = self.space.features(&r.vector);
@@ -717,7 +744,11 @@ impl Smbo {
         if lie.is_finite() {
             let mut measured: HashSet<Vec<u64>> =
                 rows.iter().map(|r| SearchSpace::key(&r.vector)).collect();
-            for r in self.records.iter().filter(|r| r.outcome.is_none()) {
+            for r in self
+                .records
+                .iter()
+                .filter(|r| r.outcome.is_none() && !misleading.contains(&r.trial.budget))
+            {
                 if measured.insert(SearchSpace::key(&r.vector)) {
                     x.push(features(r));
                     y.push(lie);
