@@ -94,6 +94,9 @@ fn continuation_equals_straight_training() {
         (ShiftKind::Ps, OptimizerKind::Sgd),
         (ShiftKind::Q, OptimizerKind::Adam),
         (ShiftKind::Ps, OptimizerKind::Radam),
+        // Lookahead syncs every 6 steps: 8 steps an epoch put syncs on both sides of the save.
+        (ShiftKind::Ps, OptimizerKind::Ranger),
+        (ShiftKind::Ps, OptimizerKind::Adadelta),
     ] {
         let cfg = TrainConfig {
             schedule_epochs: Some(3),
