@@ -650,4 +650,33 @@ mod tests {
             .to_string();
         assert!(e.contains("epochs = 0"), "{e}");
     }
+
+    #[cfg(feature = "dsnn")]
+    #[test]
+    fn train_optimizer_and_shift_regularizer_values_are_checked() {
+        let parse = |text: &str| RunConfig::from_str_with_sets(text, Path::new("t.toml"), &[]);
+        let c = parse("[train]\noptimizer = \"ranger\"\nshift_regularizer = false\n").unwrap();
+        assert_eq!(
+            c.train.optimizer,
+            crate::train::optim::OptimizerKind::Ranger
+        );
+        assert!(!c.train.shift_regularizer);
+        let c = parse("[train]\noptimizer = \"adadelta\"\n").unwrap();
+        assert_eq!(
+            c.train.optimizer,
+            crate::train::optim::OptimizerKind::Adadelta
+        );
+        assert!(c.train.shift_regularizer, "on by default");
+        let e = parse("[train]\nshift_regularizer = \"yes\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("shift_regularizer") && e.contains("line 2"),
+            "{e}"
+        );
+        let e = parse("[train]\noptimizer = \"lamb\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("optimizer") && e.contains("ranger"), "{e}");
+    }
 }

@@ -94,6 +94,9 @@ fn continuation_equals_straight_training() {
         (ShiftKind::Ps, OptimizerKind::Sgd),
         (ShiftKind::Q, OptimizerKind::Adam),
         (ShiftKind::Ps, OptimizerKind::Radam),
+        // Lookahead syncs every 6 steps: 8 steps an epoch put syncs on both sides of the save.
+        (ShiftKind::Ps, OptimizerKind::Ranger),
+        (ShiftKind::Ps, OptimizerKind::Adadelta),
     ] {
         let cfg = TrainConfig {
             schedule_epochs: Some(3),
@@ -211,4 +214,37 @@ fn divergence_is_a_failed_trial_not_a_crash() {
     let reason = r.reason.unwrap();
     assert!(reason.contains("training loss became"), "{reason}");
     assert_eq!(r.valid_error, 1.0);
+}
+
+#[test]
+fn the_shift_regularizer_changes_ps_training_only() {
+    let data = bundled(300);
+    for kind in [ShiftKind::Ps, ShiftKind::Q] {
+        // A weight decay large enough for the term to move some rounded shift in one epoch.
+        let on = TrainConfig {
+            weight_decay: 0.01,
+            ..small(kind, OptimizerKind::Sgd)
+        };
+        assert!(on.shift_regularizer);
+        let off = TrainConfig {
+            shift_regularizer: false,
+            ..on.clone()
+        };
+        let a = run(&on, &data, 1, &RunOptions::default());
+        let b = run(&off, &data, 1, &RunOptions::default());
+        assert_eq!(a.status, TrainStatus::Completed);
+        if kind == ShiftKind::Ps {
+            assert_ne!(outcome(&a), outcome(&b), "PS shifts are regularized");
+        } else {
+            assert_eq!(
+                outcome(&a),
+                outcome(&b),
+                "Q layers have no shift parameters"
+            );
+        }
+        assert_eq!(
+            outcome(&a),
+            outcome(&run(&on, &data, 1, &RunOptions::default()))
+        );
+    }
 }

@@ -36,8 +36,8 @@ pub enum TrialError {
     Config(#[from] crate::train::config::ConfigError),
 }
 
-/// The paper's DSNN search space (2025 scripts), adapted to the optimizers burn has and with
-/// batch size added; `weight_layers` bounds `shift_depth`. Defaults come from `base` (the
+/// The paper's DSNN search space (2025 scripts: its seven optimizers, plus AdamW), with batch
+/// size added; `weight_layers` bounds `shift_depth`. Defaults come from `base` (the
 /// run's `[train]` section, itself defaulting to the paper's default DSNN), clamped into range.
 pub fn dsnn_space(weight_layers: usize, base: &TrainConfig) -> Result<SearchSpace, SpaceError> {
     use crate::space::Value;
@@ -46,7 +46,9 @@ pub fn dsnn_space(weight_layers: usize, base: &TrainConfig) -> Result<SearchSpac
     let specs = vec![
         ParamSpec::categorical(
             "optimizer",
-            &["sgd", "adam", "adamw", "radam", "adagrad", "rmsprop"],
+            &[
+                "sgd", "adam", "adamw", "radam", "adagrad", "rmsprop", "adadelta", "ranger",
+            ],
             base.optimizer.name(),
         ),
         ParamSpec::float("lr", 0.001, 0.2, base.lr.clamp(0.001, 0.2)),

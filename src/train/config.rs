@@ -75,6 +75,9 @@ fn d_momentum() -> f64 {
 fn d_wd() -> f64 {
     1e-4
 }
+fn d_true() -> bool {
+    true
+}
 fn d_batch() -> usize {
     128
 }
@@ -112,8 +115,15 @@ pub struct TrainConfig {
     pub momentum: f64,
     #[serde(default)]
     pub nesterov: bool,
+    /// Never applied to PS shifts and signs by the optimizer (as in DeepShift); it reaches the
+    /// shifts through [`TrainConfig::shift_regularizer`].
     #[serde(default = "d_wd")]
     pub weight_decay: f64,
+    /// DeepShift-PS's shift regularizer: `weight_decay * 0.5 * sum((2^P)^2)` over the raw PS
+    /// shift parameters P added to the training loss (see [`super::regularizer`]). On by
+    /// default, as in the authors' code; no effect without PS layers or with weight_decay = 0.
+    #[serde(default = "d_true")]
+    pub shift_regularizer: bool,
     #[serde(default = "d_batch")]
     pub batch_size: usize,
     #[serde(default = "d_schedule")]
@@ -218,6 +228,7 @@ mod tests {
         assert_eq!((c.weight_bits, c.activation_integer_bits), (5, 16));
         assert_eq!(c.shift_depth, usize::MAX);
         assert_eq!((c.lr, c.weight_decay, c.batch_size), (0.1, 1e-4, 128));
+        assert!(c.shift_regularizer, "on, as in the authors' code");
         assert!(c.validate().is_ok());
     }
 

@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod malloc;
 pub mod optim;
+pub mod regularizer;
 
 use std::path::Path;
 use std::time::Instant;
@@ -167,6 +168,19 @@ pub fn profile_layers(
     Ok((clock.layer_s, clock.other_s))
 }
 
+/// The loss a training step differentiates: `loss` (the cross-entropy) plus, when
+/// `cfg.shift_regularizer` is on and `cfg.weight_decay > 0`, DeepShift-PS's shift regularizer
+/// over the PS shifts of `model` ([`regularizer::shift_l2_norm`]; nothing for Q or float layers).
+pub fn training_objective(cfg: &TrainConfig, model: &Network, loss: Tensor<1>) -> Tensor<1> {
+    if !cfg.shift_regularizer {
+        return loss;
+    }
+    match regularizer::shift_l2_norm(model, cfg.weight_decay) {
+        Some(reg) => loss + reg,
+        None => loss,
+    }
+}
+
 /// Trains `cfg` on `data` up to `epochs` epochs in total.
 pub fn train(
     cfg: &TrainConfig,
@@ -256,7 +270,9 @@ pub fn train_network(
                     None,
                 ));
             }
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            // The fork logs the cross-entropy and adds the shift regularizer after.
+            let objective = training_objective(cfg, &model, loss);
+            let grads = GradientsParams::from_grads(objective.backward(), &model);
             model = optim.step(lr, model, grads);
             loss_sum += loss_value * n as f64;
             seen += n;

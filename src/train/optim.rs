@@ -1,5 +1,6 @@
 //! Optimizers for training: burn's SGD (momentum, Nesterov), Adam, AdamW, AdaGrad and RMSprop,
-//! plus RAdam, which burn lacks and DeepShift-PS needs to converge well.
+//! plus RAdam (which DeepShift-PS needs to converge well), Adadelta and Ranger (RAdam +
+//! Lookahead, the paper's 2025 search space), which burn lacks and are written here.
 //!
 //! DeepShift gives the shift and sign parameters of PS layers no weight decay; burn applies one
 //! decay to every parameter of an optimizer, so those parameters get a second, decay-free
@@ -27,16 +28,20 @@ pub enum OptimizerKind {
     Radam,
     Adagrad,
     Rmsprop,
+    Adadelta,
+    Ranger,
 }
 
 impl OptimizerKind {
-    pub const ALL: [OptimizerKind; 6] = [
+    pub const ALL: [OptimizerKind; 8] = [
         OptimizerKind::Sgd,
         OptimizerKind::Adam,
         OptimizerKind::Adamw,
         OptimizerKind::Radam,
         OptimizerKind::Adagrad,
         OptimizerKind::Rmsprop,
+        OptimizerKind::Adadelta,
+        OptimizerKind::Ranger,
     ];
 
     pub fn name(self) -> &'static str {
@@ -47,6 +52,8 @@ impl OptimizerKind {
             OptimizerKind::Radam => "radam",
             OptimizerKind::Adagrad => "adagrad",
             OptimizerKind::Rmsprop => "rmsprop",
+            OptimizerKind::Adadelta => "adadelta",
+            OptimizerKind::Ranger => "ranger",
         }
     }
 }
@@ -66,7 +73,7 @@ impl FromStr for OptimizerKind {
             .find(|k| k.name() == lower)
             .ok_or_else(|| {
                 format!(
-                    "unknown optimizer '{s}': expected sgd, adam, adamw, radam, adagrad or rmsprop"
+                    "unknown optimizer '{s}': expected sgd, adam, adamw, radam, adagrad, rmsprop, adadelta or ranger"
                 )
             })
     }
@@ -155,6 +162,8 @@ pub fn build<M: Module>(s: &OptimizerSettings, module: &M) -> ModuleOptimizer {
                 .with_momentum(s.momentum as f32)
                 .with_weight_decay(decay(wd))
                 .init(),
+            OptimizerKind::Adadelta => ModuleOptimizer::from(Adadelta::new(wd)),
+            OptimizerKind::Ranger => ModuleOptimizer::from(Ranger::new(wd)),
         }
     };
     let main = make(s.weight_decay);
@@ -192,6 +201,10 @@ pub fn build<M: Module>(s: &OptimizerSettings, module: &M) -> ModuleOptimizer {
                 .build(),
             None,
         ),
+        OptimizerKind::Adadelta => {
+            main.with_group(ParamGroup::from_ids(ps), Adadelta::new(0.0), None)
+        }
+        OptimizerKind::Ranger => main.with_group(ParamGroup::from_ids(ps), Ranger::new(0.0), None),
     }
 }
 
@@ -332,6 +345,243 @@ impl Optimizer for RAdam {
     }
 }
 
+/// Adadelta (Zeiler 2012), as PyTorch's `torch.optim.Adadelta` computes it (the authors' code
+/// uses it with their `lr` and `weight_decay` and PyTorch's defaults rho = 0.9, eps = 1e-6):
+/// v = rho v + (1 - rho) g^2; delta = sqrt(u + eps) / sqrt(v + eps) * g;
+/// u = rho u + (1 - rho) delta^2; w -= lr * delta. Weight decay is L2, added to the gradient.
+#[derive(Debug, Clone)]
+pub struct Adadelta {
+    pub rho: f64,
+    pub epsilon: f64,
+    pub weight_decay: f64,
+}
+
+impl Adadelta {
+    pub fn new(weight_decay: f64) -> Self {
+        Self {
+            rho: 0.9,
+            epsilon: 1e-6,
+            weight_decay,
+        }
+    }
+}
+
+/// The running averages of squared gradients and of squared updates.
+#[derive(Clone)]
+pub struct AdadeltaState<const D: usize> {
+    pub square_avg: Tensor<D>,
+    pub acc_delta: Tensor<D>,
+}
+
+impl<const D: usize> RecordState for AdadeltaState<D> {
+    fn state_flatten(&self, prefix: &str, out: &mut StateSink) {
+        out.push_tensor(prefix, "square_avg", self.square_avg.to_data());
+        out.push_tensor(prefix, "acc_delta", self.acc_delta.to_data());
+    }
+
+    fn state_unflatten(prefix: &str, src: &mut StateSource, device: &Device) -> Option<Self> {
+        let mut take = |leaf: &str| -> Option<TensorData> { src.take_tensor(prefix, leaf) };
+        let square_avg = take("square_avg")?;
+        let acc_delta = take("acc_delta")?;
+        Some(Self {
+            square_avg: Tensor::from_data(square_avg, device),
+            acc_delta: Tensor::from_data(acc_delta, device),
+        })
+    }
+}
+
+impl Optimizer for Adadelta {
+    type State<const D: usize> = AdadeltaState<D>;
+
+    fn step<const D: usize>(
+        &self,
+        lr: LearningRate,
+        tensor: Tensor<D>,
+        grad: Tensor<D>,
+        state: Option<Self::State<D>>,
+    ) -> (Tensor<D>, Option<Self::State<D>>) {
+        let grad = if self.weight_decay > 0.0 {
+            grad + tensor.clone().mul_scalar(self.weight_decay)
+        } else {
+            grad
+        };
+        let rho = self.rho;
+        let (square_avg, acc_delta) = match state {
+            Some(s) => (
+                s.square_avg.mul_scalar(rho) + grad.clone().square().mul_scalar(1.0 - rho),
+                s.acc_delta,
+            ),
+            None => (
+                grad.clone().square().mul_scalar(1.0 - rho),
+                tensor.zeros_like(),
+            ),
+        };
+        let std = square_avg.clone().add_scalar(self.epsilon).sqrt();
+        let delta = acc_delta.clone().add_scalar(self.epsilon).sqrt() / std * grad;
+        let acc_delta = acc_delta.mul_scalar(rho) + delta.clone().square().mul_scalar(1.0 - rho);
+        let new = tensor - delta.mul_scalar(lr);
+        (
+            new,
+            Some(AdadeltaState {
+                square_avg,
+                acc_delta,
+            }),
+        )
+    }
+
+    fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
+        AdadeltaState {
+            square_avg: state.square_avg.to_device(device),
+            acc_delta: state.acc_delta.to_device(device),
+        }
+    }
+}
+
+/// Ranger (Less Wright's RAdam + Lookahead, version 9.3.19), as the authors' fork has it in
+/// `optim/ranger.py`, with its settings: betas (0.95, 0.999), eps 1e-5, the adaptive step from
+/// N_sma > 5 on, and Lookahead with alpha 0.5 every k = 6 steps. Per parameter: the RAdam step
+/// (weight decay decoupled: w -= lr * wd * w before it, as that code does; without the
+/// adaptive step, plain bias-corrected momentum), then every k-th step the slow weights move
+/// alpha of the way to the fast ones and the fast weights are set to them. The slow weights
+/// start as the weights before the first step.
+#[derive(Debug, Clone)]
+pub struct Ranger {
+    pub beta_1: f64,
+    pub beta_2: f64,
+    pub epsilon: f64,
+    pub n_sma_threshold: f64,
+    pub alpha: f64,
+    pub k: usize,
+    pub weight_decay: f64,
+}
+
+impl Ranger {
+    pub fn new(weight_decay: f64) -> Self {
+        Self {
+            beta_1: 0.95,
+            beta_2: 0.999,
+            epsilon: 1e-5,
+            n_sma_threshold: 5.0,
+            alpha: 0.5,
+            k: 6,
+            weight_decay,
+        }
+    }
+
+    /// The step size of step `t` and whether the adaptive (second-moment) step is on.
+    fn step_size(&self, t: usize) -> (f64, bool) {
+        let t_f = t as f64;
+        let (b1, b2) = (self.beta_1, self.beta_2);
+        let beta2_t = b2.powf(t_f);
+        let n_sma_max = 2.0 / (1.0 - b2) - 1.0;
+        let n_sma = n_sma_max - 2.0 * t_f * beta2_t / (1.0 - beta2_t);
+        if n_sma > self.n_sma_threshold {
+            let s = ((1.0 - beta2_t) * (n_sma - 4.0) / (n_sma_max - 4.0) * (n_sma - 2.0) / n_sma
+                * n_sma_max
+                / (n_sma_max - 2.0))
+                .sqrt()
+                / (1.0 - b1.powf(t_f));
+            (s, true)
+        } else {
+            (1.0 / (1.0 - b1.powf(t_f)), false)
+        }
+    }
+}
+
+/// RAdam's moments and step count plus Lookahead's slow weights.
+#[derive(Clone)]
+pub struct RangerState<const D: usize> {
+    pub step: Tensor<1>,
+    pub moment_1: Tensor<D>,
+    pub moment_2: Tensor<D>,
+    pub slow: Tensor<D>,
+}
+
+impl<const D: usize> RecordState for RangerState<D> {
+    fn state_flatten(&self, prefix: &str, out: &mut StateSink) {
+        out.push_tensor(prefix, "step", self.step.to_data());
+        out.push_tensor(prefix, "moment_1", self.moment_1.to_data());
+        out.push_tensor(prefix, "moment_2", self.moment_2.to_data());
+        out.push_tensor(prefix, "slow", self.slow.to_data());
+    }
+
+    fn state_unflatten(prefix: &str, src: &mut StateSource, device: &Device) -> Option<Self> {
+        let mut take = |leaf: &str| -> Option<TensorData> { src.take_tensor(prefix, leaf) };
+        let step = take("step")?;
+        let m1 = take("moment_1")?;
+        let m2 = take("moment_2")?;
+        let slow = take("slow")?;
+        Some(Self {
+            step: Tensor::from_data(step, device),
+            moment_1: Tensor::from_data(m1, device),
+            moment_2: Tensor::from_data(m2, device),
+            slow: Tensor::from_data(slow, device),
+        })
+    }
+}
+
+impl Optimizer for Ranger {
+    type State<const D: usize> = RangerState<D>;
+
+    fn step<const D: usize>(
+        &self,
+        lr: LearningRate,
+        tensor: Tensor<D>,
+        grad: Tensor<D>,
+        state: Option<Self::State<D>>,
+    ) -> (Tensor<D>, Option<Self::State<D>>) {
+        let (b1, b2) = (self.beta_1, self.beta_2);
+        let (t, m1, m2, slow) = match state {
+            Some(s) => {
+                let t = s.step.into_scalar::<f32>() as usize + 1;
+                let m2 = s.moment_2.mul_scalar(b2) + grad.clone().square().mul_scalar(1.0 - b2);
+                let m1 = s.moment_1.mul_scalar(b1) + grad.mul_scalar(1.0 - b1);
+                (t, m1, m2, s.slow)
+            }
+            None => (
+                1,
+                grad.clone().mul_scalar(1.0 - b1),
+                grad.square().mul_scalar(1.0 - b2),
+                tensor.clone(),
+            ),
+        };
+        let (step_size, adaptive) = self.step_size(t);
+        let mut w = tensor;
+        if self.weight_decay != 0.0 {
+            w = w.clone() + w.mul_scalar(-self.weight_decay * lr);
+        }
+        w = if adaptive {
+            let denom = m2.clone().sqrt().add_scalar(self.epsilon);
+            w + (m1.clone() / denom).mul_scalar(-step_size * lr)
+        } else {
+            w + m1.clone().mul_scalar(-step_size * lr)
+        };
+        let (w, slow) = if self.k > 0 && t.is_multiple_of(self.k) {
+            let slow = slow.clone() + (w - slow).mul_scalar(self.alpha);
+            (slow.clone(), slow)
+        } else {
+            (w, slow)
+        };
+        let device = w.device();
+        let state = RangerState {
+            step: Tensor::from_data(TensorData::new(vec![t as f32], [1]), &device),
+            moment_1: m1,
+            moment_2: m2,
+            slow,
+        };
+        (w, Some(state))
+    }
+
+    fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
+        RangerState {
+            step: state.step.to_device(device),
+            moment_1: state.moment_1.to_device(device),
+            moment_2: state.moment_2.to_device(device),
+            slow: state.slow.to_device(device),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,6 +591,126 @@ mod tests {
 
     fn scalar(v: f32) -> Tensor<1> {
         Tensor::from_data(TensorData::new(vec![v], [1]), &Device::flex())
+    }
+
+    fn vec3(v: [f32; 3]) -> Tensor<1> {
+        Tensor::from_data(TensorData::new(v.to_vec(), [3]), &Device::flex())
+    }
+
+    /// The gradient of step `t` (1, 2, ...) in the reference runs below.
+    fn varying_grad(t: usize) -> Tensor<1> {
+        let t = t as f32;
+        vec3([0.5 * t, -0.3 + 0.2 * t, 0.1 * (-1.0f32).powi(t as i32)])
+    }
+
+    /// Steps `opt` from w0 = [1, -0.5, 2] with [`varying_grad`]; the weights after each step.
+    fn run_steps<O: Optimizer>(opt: &O, lr: f64, steps: usize) -> Vec<Vec<f32>> {
+        let (mut w, mut state) = (vec3([1.0, -0.5, 2.0]), None);
+        let mut after = Vec::new();
+        for t in 1..=steps {
+            let (nw, ns) = opt.step(lr, w, varying_grad(t), state);
+            after.push(nw.to_data().try_to_vec::<f32>().unwrap());
+            w = nw;
+            state = ns;
+        }
+        after
+    }
+
+    fn assert_close(got: &[Vec<f32>], expected: &[[f32; 3]], tol: f32) {
+        assert_eq!(got.len(), expected.len());
+        for (step, (g, e)) in got.iter().zip(expected).enumerate() {
+            for (a, b) in g.iter().zip(e) {
+                assert!((a - b).abs() <= tol, "step {}: {g:?} vs {e:?}", step + 1);
+            }
+        }
+    }
+
+    #[test]
+    fn adadelta_matches_pytorch_with_weight_decay() {
+        // Reference: PyTorch 2 `torch.optim.Adadelta([p], lr=0.5, weight_decay=0.1)` (rho 0.9,
+        // eps 1e-6), float32, p = [1, -0.5, 2], p.grad = varying_grad(t) before each step.
+        let expected = [
+            [0.998_418_87, -0.498_419_23, 1.998_419_6],
+            [0.996_433, -0.499_162_32, 1.996_288_4],
+            [0.994_056_64, -0.501_160_44, 1.995_323_1],
+        ];
+        assert_close(&run_steps(&Adadelta::new(0.1), 0.5, 3), &expected, 1e-6);
+    }
+
+    /// Reference for the Ranger tests: the authors' fork's `optim/ranger.py` run under PyTorch
+    /// 2 (`Ranger([p], lr=0.1, weight_decay=wd)`, its defaults alpha 0.5, k 6, N_sma_threshold
+    /// 5, betas (0.95, 0.999), eps 1e-5), float32, p = [1, -0.5, 2], p.grad = varying_grad(t).
+    #[test]
+    fn ranger_matches_the_forks_ranger_with_weight_decay() {
+        // Steps 1-5 are momentum steps (N_sma <= 5), step 6 the first adaptive one and the
+        // first Lookahead sync, step 12 the second.
+        let expected = [
+            [0.94, -0.485, 1.99],
+            [0.854_958_95, -0.480_406_43, 1.969_843_6],
+            [0.744_700_4, -0.486_285_98, 1.953_484_4],
+            [0.609_049_9, -0.502_704_5, 1.933_693_2],
+            [0.447_835_9, -0.529_726_86, 1.916_366_7],
+            [0.720_469_83, -0.513_268_8, 1.948_568_5],
+            [0.710_189_6, -0.510_898_77, 1.929_554_8],
+            [0.699_433_2, -0.509_139_7, 1.910_160_1],
+            [0.688_257_6, -0.507_937_8, 1.891_556_5],
+            [0.676_704_76, -0.507_251_1, 1.872_515_4],
+            [0.664_807_4, -0.507_046_3, 1.854_289],
+            [0.686_530_7, -0.510_282_2, 1.892_083_4],
+            [0.673_678_7, -0.510_932_1, 1.873_654_2],
+        ];
+        assert_close(&run_steps(&Ranger::new(0.1), 0.1, 13), &expected, 2e-6);
+    }
+
+    #[test]
+    fn ranger_matches_the_forks_ranger_without_weight_decay() {
+        let expected = [
+            [0.95, -0.49, 2.01],
+            [0.874_358_95, -0.490_256_43, 2.009_743_7],
+            [0.772_649_94, -0.500_94, 2.013_083],
+            [0.644_446_5, -0.522_221_4, 2.012_826_7],
+            [0.489_323, -0.554_270_8, 2.014_837_3],
+            [0.743_452_55, -0.528_189_4, 2.007_385_7],
+            [0.740_377_07, -0.530_952_04, 2.007_857_8],
+        ];
+        assert_close(&run_steps(&Ranger::new(0.0), 0.1, 7), &expected, 2e-6);
+    }
+
+    #[test]
+    fn ranger_lookahead_syncs_every_k_steps() {
+        // alpha = 0: the slow weights never move, so every k-th step puts the weights back at
+        // the start exactly, and only then.
+        let opt = Ranger {
+            alpha: 0.0,
+            k: 3,
+            ..Ranger::new(0.0)
+        };
+        for (i, w) in run_steps(&opt, 0.1, 9).iter().enumerate() {
+            let synced = (i + 1) % 3 == 0;
+            assert_eq!(w == &vec![1.0, -0.5, 2.0], synced, "step {}: {w:?}", i + 1);
+        }
+        // alpha = 1: Lookahead keeps the fast weights (up to the rounding of s + (w - s)).
+        let plain = run_steps(&Ranger { alpha: 1.0, ..opt }, 0.1, 9);
+        let no_sync = run_steps(&Ranger { k: 1000, ..opt }, 0.1, 9);
+        assert_close(
+            &plain,
+            &no_sync
+                .iter()
+                .map(|w| [w[0], w[1], w[2]])
+                .collect::<Vec<_>>(),
+            1e-6,
+        );
+    }
+
+    #[test]
+    fn new_kinds_parse_and_name() {
+        for k in OptimizerKind::ALL {
+            assert_eq!(k.name().parse::<OptimizerKind>(), Ok(k));
+        }
+        assert_eq!("Ranger".parse(), Ok(OptimizerKind::Ranger));
+        assert_eq!("adadelta".parse(), Ok(OptimizerKind::Adadelta));
+        let e = "lamb".parse::<OptimizerKind>().unwrap_err();
+        assert!(e.contains("adadelta or ranger"), "{e}");
     }
 
     #[test]
