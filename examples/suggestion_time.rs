@@ -1,8 +1,8 @@
 //! Time per suggestion (ask + tell, the objective excluded) of the optimizer under multi-fidelity,
-//! with the surrogate on every budget and on one budget: ZDT1 under ASHA 1-27 (eta 3), the
-//! objectives independent of the budget, sequential.
+//! with the surrogate on every budget and on one budget: ZDT1 under ASHA (or the schedule given)
+//! 1-27 (eta 3), the objectives independent of the budget, sequential.
 //!
-//!   cargo run --release --no-default-features --example suggestion_time [-- TRIALS SEEDS]
+//!   cargo run --release --no-default-features --example suggestion_time [-- TRIALS SEEDS [asha|adaptive|hyperband]]
 //!
 //! Prints the mean time of the 20 suggestions around 100, 500 and 1,000 finished trials (those
 //! that TRIALS reaches), in ms, per `model_data`, median over seeds.
@@ -12,9 +12,9 @@ use std::time::Instant;
 use dsnn_hpo::eval::problems::{N_VARS, Problem};
 use dsnn_hpo::opt::{Ask, Budgets, ModelData, Outcome, Schedule, Smbo, SmboSettings};
 
-fn times(model_data: ModelData, trials: usize, seed: u64) -> Vec<f64> {
+fn times(schedule: Schedule, model_data: ModelData, trials: usize, seed: u64) -> Vec<f64> {
     let budgets = Budgets {
-        schedule: Schedule::Asha,
+        schedule,
         ..Budgets::epochs(1, 27, 3)
     };
     let mut settings = SmboSettings::new(2, trials, budgets, seed);
@@ -51,12 +51,21 @@ fn main() {
             .unwrap_or(d)
     };
     let (trials, seeds) = (arg(1, 1000), arg(2, 3) as u64);
-    println!("ms per suggestion (ask + tell), ZDT1, ASHA 1-27, median over {seeds} seeds");
+    let schedule = match std::env::args().nth(3).as_deref() {
+        None | Some("asha") => Schedule::Asha,
+        Some("adaptive") => Schedule::Adaptive,
+        Some("hyperband") => Schedule::Hyperband,
+        Some(other) => {
+            eprintln!("suggestion_time: schedule {other:?}: expected asha, adaptive or hyperband");
+            std::process::exit(2);
+        }
+    };
+    println!("ms per suggestion (ask + tell), ZDT1, {schedule:?} 1-27, median over {seeds} seeds");
     for (name, model_data) in [
         ("all-budgets", ModelData::AllBudgets),
         ("one-budget", ModelData::OneBudget),
     ] {
-        let runs: Vec<Vec<f64>> = (0..seeds).map(|s| times(model_data, trials, s)).collect();
+        let runs: Vec<Vec<f64>> = (0..seeds).map(|s| times(schedule, model_data, trials, s)).collect();
         let mut line = format!("{name:<12}");
         for at in [100usize, 500, 1000].into_iter().filter(|&a| a <= trials) {
             let window = |t: &Vec<f64>| {
