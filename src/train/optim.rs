@@ -244,21 +244,25 @@ impl RAdam {
     /// The step's scalars: 1/(1-b1^t), and r_t * sqrt(1-b2^t) once rho_t > 5 (else the step is
     /// plain momentum SGD).
     fn factors(&self, t: usize) -> (f64, Option<f64>) {
-        let t = t as f64;
-        let (b1, b2) = (self.beta_1, self.beta_2);
-        let bias1 = 1.0 - b1.powf(t);
-        let rho_inf = 2.0 / (1.0 - b2) - 1.0;
-        let rho_t = rho_inf - 2.0 * t * b2.powf(t) / (1.0 - b2.powf(t));
-        if rho_t > 5.0 {
-            let r = ((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
-                / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t))
-                .sqrt();
-            let bias2_sqrt = (1.0 - b2.powf(t)).sqrt();
-            (1.0 / bias1, Some(r * bias2_sqrt))
-        } else {
-            (1.0 / bias1, None)
-        }
+        let bias1 = 1.0 - self.beta_1.powf(t as f64);
+        (1.0 / bias1, rectification(self.beta_2, t, 5.0))
     }
+}
+
+/// RAdam's variance rectification r_t * sqrt(1 - b2^t) at step `t` (1, 2, ...), or `None`
+/// while the approximated SMA length rho_t is at most `threshold` (Liu et al., ICLR 2020):
+/// shared by RAdam and Ranger, which differ only in what they do around it.
+fn rectification(b2: f64, t: usize, threshold: f64) -> Option<f64> {
+    let t = t as f64;
+    let b2_t = b2.powf(t);
+    let rho_inf = 2.0 / (1.0 - b2) - 1.0;
+    let rho_t = rho_inf - 2.0 * t * b2_t / (1.0 - b2_t);
+    (rho_t > threshold).then(|| {
+        let r = ((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
+            / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t))
+            .sqrt();
+        r * (1.0 - b2_t).sqrt()
+    })
 }
 
 /// First and second moments and the step count (kept as a one-element tensor so the state
@@ -470,20 +474,10 @@ impl Ranger {
 
     /// The step size of step `t` and whether the adaptive (second-moment) step is on.
     fn step_size(&self, t: usize) -> (f64, bool) {
-        let t_f = t as f64;
-        let (b1, b2) = (self.beta_1, self.beta_2);
-        let beta2_t = b2.powf(t_f);
-        let n_sma_max = 2.0 / (1.0 - b2) - 1.0;
-        let n_sma = n_sma_max - 2.0 * t_f * beta2_t / (1.0 - beta2_t);
-        if n_sma > self.n_sma_threshold {
-            let s = ((1.0 - beta2_t) * (n_sma - 4.0) / (n_sma_max - 4.0) * (n_sma - 2.0) / n_sma
-                * n_sma_max
-                / (n_sma_max - 2.0))
-                .sqrt()
-                / (1.0 - b1.powf(t_f));
-            (s, true)
-        } else {
-            (1.0 / (1.0 - b1.powf(t_f)), false)
+        let inv_bias1 = 1.0 / (1.0 - self.beta_1.powf(t as f64));
+        match rectification(self.beta_2, t, self.n_sma_threshold) {
+            Some(r) => (r * inv_bias1, true),
+            None => (inv_bias1, false),
         }
     }
 }
@@ -491,30 +485,21 @@ impl Ranger {
 /// RAdam's moments and step count plus Lookahead's slow weights.
 #[derive(Clone)]
 pub struct RangerState<const D: usize> {
-    pub step: Tensor<1>,
-    pub moment_1: Tensor<D>,
-    pub moment_2: Tensor<D>,
+    pub radam: RAdamState<D>,
     pub slow: Tensor<D>,
 }
 
 impl<const D: usize> RecordState for RangerState<D> {
     fn state_flatten(&self, prefix: &str, out: &mut StateSink) {
-        out.push_tensor(prefix, "step", self.step.to_data());
-        out.push_tensor(prefix, "moment_1", self.moment_1.to_data());
-        out.push_tensor(prefix, "moment_2", self.moment_2.to_data());
+        self.radam.state_flatten(prefix, out);
         out.push_tensor(prefix, "slow", self.slow.to_data());
     }
 
     fn state_unflatten(prefix: &str, src: &mut StateSource, device: &Device) -> Option<Self> {
-        let mut take = |leaf: &str| -> Option<TensorData> { src.take_tensor(prefix, leaf) };
-        let step = take("step")?;
-        let m1 = take("moment_1")?;
-        let m2 = take("moment_2")?;
-        let slow = take("slow")?;
+        let radam = RAdamState::state_unflatten(prefix, src, device)?;
+        let slow = src.take_tensor(prefix, "slow")?;
         Some(Self {
-            step: Tensor::from_data(step, device),
-            moment_1: Tensor::from_data(m1, device),
-            moment_2: Tensor::from_data(m2, device),
+            radam,
             slow: Tensor::from_data(slow, device),
         })
     }
@@ -533,9 +518,10 @@ impl Optimizer for Ranger {
         let (b1, b2) = (self.beta_1, self.beta_2);
         let (t, m1, m2, slow) = match state {
             Some(s) => {
-                let t = s.step.into_scalar::<f32>() as usize + 1;
-                let m2 = s.moment_2.mul_scalar(b2) + grad.clone().square().mul_scalar(1.0 - b2);
-                let m1 = s.moment_1.mul_scalar(b1) + grad.mul_scalar(1.0 - b1);
+                let r = s.radam;
+                let t = r.step.into_scalar::<f32>() as usize + 1;
+                let m2 = r.moment_2.mul_scalar(b2) + grad.clone().square().mul_scalar(1.0 - b2);
+                let m1 = r.moment_1.mul_scalar(b1) + grad.mul_scalar(1.0 - b1);
                 (t, m1, m2, s.slow)
             }
             None => (
@@ -564,9 +550,11 @@ impl Optimizer for Ranger {
         };
         let device = w.device();
         let state = RangerState {
-            step: Tensor::from_data(TensorData::new(vec![t as f32], [1]), &device),
-            moment_1: m1,
-            moment_2: m2,
+            radam: RAdamState {
+                step: Tensor::from_data(TensorData::new(vec![t as f32], [1]), &device),
+                moment_1: m1,
+                moment_2: m2,
+            },
             slow,
         };
         (w, Some(state))
@@ -574,9 +562,7 @@ impl Optimizer for Ranger {
 
     fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
         RangerState {
-            step: state.step.to_device(device),
-            moment_1: state.moment_1.to_device(device),
-            moment_2: state.moment_2.to_device(device),
+            radam: <RAdam as Optimizer>::to_device(state.radam, device),
             slow: state.slow.to_device(device),
         }
     }
