@@ -65,7 +65,9 @@ fn main() {
         ("all-budgets", ModelData::AllBudgets),
         ("one-budget", ModelData::OneBudget),
     ] {
-        let runs: Vec<Vec<f64>> = (0..seeds).map(|s| times(schedule, model_data, trials, s)).collect();
+        let runs: Vec<Vec<f64>> = (0..seeds)
+            .map(|s| times(schedule, model_data, trials, s))
+            .collect();
         let mut line = format!("{name:<12}");
         for at in [100usize, 500, 1000].into_iter().filter(|&a| a <= trials) {
             let window = |t: &Vec<f64>| {
