@@ -249,6 +249,15 @@ impl RAdam {
     }
 }
 
+/// Weight decay as L2 on the gradient (`grad + wd * w`), as PyTorch's RAdam and Adadelta apply it.
+fn with_l2<const D: usize>(grad: Tensor<D>, tensor: &Tensor<D>, weight_decay: f64) -> Tensor<D> {
+    if weight_decay > 0.0 {
+        grad + tensor.clone().mul_scalar(weight_decay)
+    } else {
+        grad
+    }
+}
+
 /// RAdam's variance rectification r_t * sqrt(1 - b2^t) at step `t` (1, 2, ...), or `None`
 /// while the approximated SMA length rho_t is at most `threshold` (Liu et al., ICLR 2020):
 /// shared by RAdam and Ranger, which differ only in what they do around it.
@@ -304,11 +313,7 @@ impl Optimizer for RAdam {
         grad: Tensor<D>,
         state: Option<Self::State<D>>,
     ) -> (Tensor<D>, Option<Self::State<D>>) {
-        let grad = if self.weight_decay > 0.0 {
-            grad + tensor.clone().mul_scalar(self.weight_decay)
-        } else {
-            grad
-        };
+        let grad = with_l2(grad, &tensor, self.weight_decay);
         let (b1, b2) = (self.beta_1, self.beta_2);
         let (t, m1, m2) = match state {
             Some(s) => {
@@ -404,11 +409,7 @@ impl Optimizer for Adadelta {
         grad: Tensor<D>,
         state: Option<Self::State<D>>,
     ) -> (Tensor<D>, Option<Self::State<D>>) {
-        let grad = if self.weight_decay > 0.0 {
-            grad + tensor.clone().mul_scalar(self.weight_decay)
-        } else {
-            grad
-        };
+        let grad = with_l2(grad, &tensor, self.weight_decay);
         let rho = self.rho;
         let (square_avg, acc_delta) = match state {
             Some(s) => (
