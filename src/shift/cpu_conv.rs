@@ -35,12 +35,19 @@ use burn::tensor::{DType, Tensor, TensorData};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
-/// Stride, symmetric padding and groups of a convolution (dilation is 1).
+use super::cpu_quant::{FixedPoint, fixed_point_in_place};
+
+/// Stride, symmetric padding and groups of a convolution (dilation is 1), and the fixed-point
+/// quantization of its input, if any.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Conv2dParams {
     pub stride: [usize; 2],
     pub padding: [usize; 2],
     pub groups: usize,
+    /// Integer and fraction bits of a fixed-point quantizer applied to the input, with a
+    /// straight-through gradient. The fused op applies it while unfolding the input (no pass of
+    /// its own); elsewhere [`conv2d_auto`] quantizes first.
+    pub fixed_point_input: Option<(u32, u32)>,
 }
 
 impl Conv2dParams {
@@ -49,7 +56,14 @@ impl Conv2dParams {
             stride,
             padding,
             groups,
+            fixed_point_input: None,
         }
+    }
+
+    /// The same convolution of the input quantized to fixed point (shift layers).
+    pub fn with_fixed_point_input(mut self, int_bits: u32, frac_bits: u32) -> Self {
+        self.fixed_point_input = Some((int_bits, frac_bits));
+        self
     }
 
     /// The same stride and padding in both directions, no groups: the layers' convolutions.
@@ -152,6 +166,10 @@ pub fn conv2d_auto(
     if enabled() && applies(&x) {
         conv2d(x, weight, bias, params)
     } else {
+        let x = match params.fixed_point_input {
+            Some((i, f)) => super::quant::fixed_point(x, i, f),
+            None => x,
+        };
         burn::tensor::module::conv2d(x, weight, bias, params.options())
     }
 }
@@ -410,6 +428,8 @@ struct Geometry {
     /// Input and output channels per group.
     cig: usize,
     cog: usize,
+    /// Fixed-point quantizer of the input, applied while unfolding it.
+    grid: Option<FixedPoint>,
 }
 
 impl Geometry {
@@ -449,6 +469,7 @@ impl Geometry {
             groups,
             cig,
             cog: cout / groups,
+            grid: p.fixed_point_input.map(|(i, f)| FixedPoint::new(i, f)),
         }
     }
 
@@ -462,9 +483,14 @@ impl Geometry {
         self.oh * self.ow
     }
 
-    /// A 1x1 convolution at stride 1 without padding: the image is its own unfolding.
+    /// A 1x1 convolution at stride 1 without padding and without input quantizer: the image is
+    /// its own unfolding.
     fn pointwise(&self) -> bool {
-        self.kh == 1 && self.kw == 1 && self.stride == [1, 1] && self.pad == [0, 0]
+        self.kh == 1
+            && self.kw == 1
+            && self.stride == [1, 1]
+            && self.pad == [0, 0]
+            && self.grid.is_none()
     }
 
     /// Length of the unfolding buffer (none for pointwise convolutions).
@@ -516,35 +542,66 @@ fn valid_range(
 /// Unfolds group `g` of one image into `col`, `[(ci, i, j) × (oy, ox)]` row-major, zero where the
 /// kernel lies on the padding.
 fn im2col(geo: &Geometry, x_img: &[f32], g: usize, col: &mut [f32]) {
+    let hw = geo.h * geo.w;
+    let planes = &x_img[g * geo.cig * hw..][..geo.cig * hw];
+    match geo.grid {
+        None => unfold(geo, planes, col),
+        // Quantize the group's planes once (in cache), then unfold those.
+        Some(grid) => QUANTIZED.with(|cell| {
+            let mut q = cell.borrow_mut();
+            q.clear();
+            q.extend_from_slice(planes);
+            fixed_point_in_place(&mut q, grid);
+            unfold(geo, &q, col)
+        }),
+    }
+}
+
+/// The unfolding of one group's input planes (`cig` planes of `h x w`).
+fn unfold(geo: &Geometry, planes: &[f32], col: &mut [f32]) {
     let (hw, n) = (geo.h * geo.w, geo.n());
     let ([sh, sw], [ph, pw]) = (geo.stride, geo.pad);
     for ci in 0..geo.cig {
-        let plane = &x_img[(g * geo.cig + ci) * hw..][..hw];
+        let plane = &planes[ci * hw..][..hw];
         for i in 0..geo.kh {
             let (y_lo, y_hi) = valid_range(geo.oh, geo.h, sh, ph, i);
             for j in 0..geo.kw {
                 let (x_lo, x_hi) = valid_range(geo.ow, geo.w, sw, pw, j);
                 let row = &mut col[((ci * geo.kh + i) * geo.kw + j) * n..][..n];
-                for (oy, dst) in row.chunks_exact_mut(geo.ow).enumerate() {
-                    if oy < y_lo || oy >= y_hi {
-                        dst.fill(0.0);
-                        continue;
-                    }
-                    let src = &plane[(oy * sh + i - ph) * geo.w..][..geo.w];
-                    dst[..x_lo].fill(0.0);
-                    dst[x_hi..].fill(0.0);
-                    if x_lo == x_hi {
-                        continue;
-                    }
-                    if sw == 1 {
-                        let start = x_lo + j - pw;
-                        dst[x_lo..x_hi].copy_from_slice(&src[start..start + (x_hi - x_lo)]);
-                    } else {
-                        for (ox, d) in (x_lo..x_hi).zip(&mut dst[x_lo..x_hi]) {
-                            *d = src[ox * sw + j - pw];
-                        }
-                    }
-                }
+                unfold_row(geo, plane, row, i, j, (y_lo, y_hi), (x_lo, x_hi));
+            }
+        }
+    }
+}
+
+/// One row of [`im2col`]: kernel offset (`i`, `j`) of one input plane, zero on the padding.
+fn unfold_row(
+    geo: &Geometry,
+    plane: &[f32],
+    row: &mut [f32],
+    i: usize,
+    j: usize,
+    (y_lo, y_hi): (usize, usize),
+    (x_lo, x_hi): (usize, usize),
+) {
+    let ([sh, sw], [ph, pw]) = (geo.stride, geo.pad);
+    for (oy, dst) in row.chunks_exact_mut(geo.ow).enumerate() {
+        if oy < y_lo || oy >= y_hi {
+            dst.fill(0.0);
+            continue;
+        }
+        let src = &plane[(oy * sh + i - ph) * geo.w..][..geo.w];
+        dst[..x_lo].fill(0.0);
+        dst[x_hi..].fill(0.0);
+        if x_lo == x_hi {
+            continue;
+        }
+        if sw == 1 {
+            let start = x_lo + j - pw;
+            dst[x_lo..x_hi].copy_from_slice(&src[start..start + (x_hi - x_lo)]);
+        } else {
+            for (ox, d) in (x_lo..x_hi).zip(&mut dst[x_lo..x_hi]) {
+                *d = src[ox * sw + j - pw];
             }
         }
     }
@@ -660,6 +717,8 @@ fn matmul(
 const IMAGES_PER_CHUNK: usize = 8;
 
 thread_local! {
+    /// Each thread's copy of one image's input planes quantized to fixed point (see [`im2col`]).
+    static QUANTIZED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// Each thread's unfolding buffer, kept between calls. A fresh buffer per call is a large
     /// allocation, which glibc serves with a new mmap and a page fault per 4 KiB on first touch:
     /// measured, that cost as much as the gemms of the input gradient.
@@ -897,7 +956,12 @@ mod tests {
             assert!(applies(&x));
             conv2d(x.clone(), w.clone(), b.clone(), c.params)
         } else {
-            burn_conv2d(x.clone(), w.clone(), b.clone(), c.params.options())
+            // The reference quantizes the input as a separate op (straight-through gradient).
+            let xq = match c.params.fixed_point_input {
+                Some((i, f)) => crate::shift::quant::fixed_point(x.clone(), i, f),
+                None => x.clone(),
+            };
+            burn_conv2d(xq, w.clone(), b.clone(), c.params.options())
         };
         let grads = (out.clone() * r).sum().backward();
         Run {
@@ -975,14 +1039,37 @@ mod tests {
                 cout,
                 hw,
                 k,
-                params: Conv2dParams {
-                    stride,
-                    padding,
-                    groups,
-                },
+                params: Conv2dParams::new(stride, padding, groups),
                 bias,
             };
             check(&case, 100 + i as u64);
+        }
+    }
+
+    #[test]
+    fn a_fixed_point_input_is_quantized_while_unfolding() {
+        // Coarse grids (2.3 and 1.2 bits: steps of 1/8 and 1/4, clamped to [-2, 1.875] and
+        // [-1, 0.75]) so that quantization changes most values and clamps some; pointwise
+        // (no unfolding otherwise), strided, padded and grouped convolutions.
+        let cases = [
+            (3, 4, 5, [7, 6], 3, [1, 1], [1, 1], 1, (2, 3)),
+            (2, 4, 6, [8, 8], 3, [2, 2], [1, 1], 2, (1, 2)),
+            (2, 6, 4, [5, 7], 1, [1, 1], [0, 0], 1, (2, 3)),
+            (1, 4, 4, [6, 6], 3, [1, 2], [0, 1], 4, (1, 2)),
+        ];
+        for (i, (batch, cin, cout, hw, k, stride, padding, groups, (ib, fb))) in
+            cases.into_iter().enumerate()
+        {
+            let case = Case {
+                batch,
+                cin,
+                cout,
+                hw,
+                k,
+                params: Conv2dParams::new(stride, padding, groups).with_fixed_point_input(ib, fb),
+                bias: i % 2 == 0,
+            };
+            check(&case, 300 + i as u64);
         }
     }
 

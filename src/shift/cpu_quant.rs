@@ -442,6 +442,31 @@ fn fill_avx2<const N: usize, F: Fn([f32; N]) -> f32>(out: &mut [f32], ins: [&[f3
     fill_plain(out, ins, f);
 }
 
+/// The fixed-point quantizer in place, for the fused convolution, which applies it to its
+/// unfolded input rows instead of making a pass of its own (`cpu_conv`).
+pub(super) fn fixed_point_in_place(buf: &mut [f32], grid: FixedPoint) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, the only requirement of `in_place_avx2`.
+        unsafe { in_place_avx2(buf, grid) };
+        return;
+    }
+    in_place_plain(buf, grid);
+}
+
+#[inline(always)]
+fn in_place_plain(buf: &mut [f32], grid: FixedPoint) {
+    for v in buf {
+        *v = grid.apply(*v);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn in_place_avx2(buf: &mut [f32], grid: FixedPoint) {
+    in_place_plain(buf, grid);
+}
+
 impl QuantCpuKernels for Flex {
     fn fixed_point_values(x: FlexTensor, grid: FixedPoint) -> FlexTensor {
         let x = contiguous(x);

@@ -243,8 +243,11 @@ pub struct ShiftConv2d {
 }
 
 impl ShiftConv2d {
+    /// The convolution, its input quantized to fixed point (folded into the fused op).
     fn params(&self) -> Conv2dParams {
+        let s = &self.settings;
         Conv2dParams::square(self.stride, self.padding)
+            .with_fixed_point_input(s.activation_integer_bits, s.activation_fraction_bits)
     }
 
     /// The weight the forward pass uses, `[out, in, k, k]`.
@@ -257,9 +260,8 @@ impl ShiftConv2d {
     /// - input `[batch, in, h, w]`, output `[batch, out, h', w']`.
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
         let s = &self.settings;
-        let x = quantize_input(s, input);
         let bias = self.bias.as_ref().map(|b| quantize_input(s, b.val()));
-        conv2d_auto(x, self.quantized_weight(), bias, self.params())
+        conv2d_auto(input, self.quantized_weight(), bias, self.params())
     }
 
     /// Packed integer weights (sign and shift per weight) and the float bias.
@@ -292,8 +294,9 @@ impl ExportedShiftConv2d {
         let s = &self.settings;
         let w = unpack_tensor::<4>(&self.weights, &device)?;
         let bias = exported_bias(&self.bias, s, &device);
-        let params = Conv2dParams::square(self.stride, self.padding);
-        Ok(conv2d_auto(quantize_input(s, input), w, bias, params))
+        let params = Conv2dParams::square(self.stride, self.padding)
+            .with_fixed_point_input(s.activation_integer_bits, s.activation_fraction_bits);
+        Ok(conv2d_auto(input, w, bias, params))
     }
 }
 
