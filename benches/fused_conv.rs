@@ -14,6 +14,7 @@ const PARAMS: Conv2dParams = Conv2dParams {
     stride: [1, 1],
     padding: [1, 1],
     groups: 1,
+    fixed_point_input: None,
 };
 
 type ConvFn = fn(Tensor<4>, Tensor<4>) -> Tensor<4>;
