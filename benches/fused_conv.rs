@@ -1,5 +1,6 @@
-//! Forward and forward+backward of one ResNet20-sized convolution at batch 128 on burn's CPU
-//! backend: the fused op of `shift::cpu_conv` against burn's `conv2d`, both under autodiff.
+//! Forward and forward+backward of one ResNet20-sized convolution, and of one MobileNetV2-sized
+//! depthwise convolution, at batch 128 on burn's CPU backend: the fused op of `shift::cpu_conv`
+//! against burn's `conv2d`, both under autodiff.
 //!
 //! `cargo bench --bench fused_conv`; criterion reports the time per call and images/s.
 
@@ -17,22 +18,30 @@ const PARAMS: Conv2dParams = Conv2dParams {
     fixed_point_input: None,
 };
 
-type ConvFn = fn(Tensor<4>, Tensor<4>) -> Tensor<4>;
+type ConvFn = fn(Tensor<4>, Tensor<4>, Conv2dParams) -> Tensor<4>;
 
-fn burn_op(x: Tensor<4>, w: Tensor<4>) -> Tensor<4> {
-    burn_conv2d(x, w, None, PARAMS.options())
+fn burn_op(x: Tensor<4>, w: Tensor<4>, p: Conv2dParams) -> Tensor<4> {
+    burn_conv2d(x, w, None, p.options())
 }
 
-fn fused_op(x: Tensor<4>, w: Tensor<4>) -> Tensor<4> {
-    conv2d(x, w, None, PARAMS)
+fn fused_op(x: Tensor<4>, w: Tensor<4>, p: Conv2dParams) -> Tensor<4> {
+    conv2d(x, w, None, p)
 }
 
 fn bench_conv(c: &mut Criterion) {
     let device = Device::flex().autodiff();
     device.seed(0);
-    // ResNet20's first stage (16 channels at 32x32) and last stage (64 channels at 8x8).
-    for (name, channels, side) in [("16ch_32x32", 16, 32), ("64ch_8x8", 64, 8)] {
-        let mut group = c.benchmark_group(format!("conv3x3_b128_{name}"));
+    // ResNet20's first stage (16 channels at 32x32) and last stage (64 channels at 8x8), and
+    // the depthwise 3x3s of MobileNetV2's second block (96 channels at 32x32, one per group)
+    // and of its last stage (960 channels at 4x4).
+    for (name, channels, side, groups) in [
+        ("conv3x3_b128_16ch_32x32", 16, 32, 1),
+        ("conv3x3_b128_64ch_8x8", 64, 8, 1),
+        ("depthwise3x3_b128_96ch_32x32", 96, 32, 96),
+        ("depthwise3x3_b128_960ch_4x4", 960, 4, 960),
+    ] {
+        let params = Conv2dParams { groups, ..PARAMS };
+        let mut group = c.benchmark_group(name);
         group.sample_size(10);
         group.throughput(Throughput::Elements(BATCH as u64));
         let x = Tensor::<4>::random(
@@ -42,7 +51,7 @@ fn bench_conv(c: &mut Criterion) {
         )
         .require_grad();
         let w = Tensor::<4>::random(
-            [channels, channels, 3, 3],
+            [channels, channels / groups, 3, 3],
             Distribution::Normal(0.0, 0.1),
             &device,
         )
@@ -51,14 +60,14 @@ fn bench_conv(c: &mut Criterion) {
         for (op, f) in ops {
             group.bench_function(format!("{op}/forward"), |b| {
                 b.iter(|| {
-                    let y = f(x.clone(), w.clone());
+                    let y = f(x.clone(), w.clone(), params);
                     device.sync().expect("device sync");
                     y
                 })
             });
             group.bench_function(format!("{op}/forward_backward"), |b| {
                 b.iter(|| {
-                    let grads = f(x.clone(), w.clone()).sum().backward();
+                    let grads = f(x.clone(), w.clone(), params).sum().backward();
                     device.sync().expect("device sync");
                     grads
                 })

@@ -16,7 +16,8 @@
 //!   the input plane at its kernel offset. That accumulation is a shifted row add (contiguous at
 //!   stride 1), not a scatter through index tables: it costs one add per element of `dcol`,
 //!   1/cog of the gemm's multiply-adds, and each task owns its image, so no atomics;
-//! - 1x1 convolutions at stride 1 without padding skip the unfolding (`col_g` is the image).
+//! - 1x1 convolutions at stride 1 without padding skip the unfolding (`col_g` is the image);
+//! - depthwise convolutions (one input channel per group) skip the gemm: `depthwise`.
 //!
 //! The gemm is the `gemm` crate flex itself uses, single-threaded inside a task.
 
@@ -36,6 +37,8 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 
 use super::cpu_quant::{FixedPoint, fixed_point_in_place};
+
+mod depthwise;
 
 /// Stride, symmetric padding and groups of a convolution (dilation is 1), and the fixed-point
 /// quantization of its input, if any.
@@ -742,6 +745,9 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 
 /// `[batch, cout, oh, ow]` output.
 fn forward(geo: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    if depthwise::applies(geo) {
+        return depthwise::forward(geo, x, w, bias);
+    }
     let (k, n, cog) = (geo.k(), geo.n(), geo.cog);
     let mut out = vec![0.0f32; geo.batch * geo.y_image()];
     out.par_chunks_mut(geo.y_image())
@@ -774,6 +780,9 @@ fn forward(geo: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f3
 
 /// `[batch, cin, h, w]` input gradient: `dcol = W_gᵀ · dY_g`, folded back by [`col2im_add`].
 fn grad_input(geo: &Geometry, w: &[f32], dy: &[f32]) -> Vec<f32> {
+    if depthwise::applies(geo) {
+        return depthwise::grad_input(geo, w, dy);
+    }
     let (k, n, cog) = (geo.k(), geo.n(), geo.cog);
     let mut dx = vec![0.0f32; geo.batch * geo.x_image()];
     dx.par_chunks_mut(geo.x_image())
@@ -808,6 +817,9 @@ fn grad_input(geo: &Geometry, w: &[f32], dy: &[f32]) -> Vec<f32> {
 /// `[cout, cig, kh, kw]` weight gradient: `dW_g += dY_g · col_gᵀ` over the images of a chunk,
 /// then the chunks' sums added in chunk order: the same result for any number of threads.
 fn grad_weight(geo: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    if depthwise::applies(geo) {
+        return depthwise::grad_weight(geo, x, dy);
+    }
     let (k, n, cog) = (geo.k(), geo.n(), geo.cog);
     let len = geo.cout * k;
     let per_chunk = IMAGES_PER_CHUNK;
@@ -1029,6 +1041,13 @@ mod tests {
             (3, 6, 9, [5, 7], 3, [1, 1], [1, 1], 3, true),
             (2, 4, 8, [6, 6], 3, [1, 2], [0, 1], 4, true),
             (2, 4, 6, [9, 5], 3, [2, 1], [1, 0], 2, false),
+            // One input channel per group (the direct kernels): EfficientNet's 5x5 depthwise at
+            // stride 2, a channel multiplier of 3, a single-channel input with groups 1, and
+            // rows long enough for the vectorized dot products' tails.
+            (3, 6, 6, [11, 9], 5, [2, 2], [2, 2], 6, true),
+            (2, 4, 12, [7, 8], 3, [1, 1], [1, 1], 4, false),
+            (2, 1, 5, [9, 9], 3, [1, 1], [0, 0], 1, true),
+            (2, 3, 3, [5, 21], 3, [1, 2], [1, 1], 3, false),
         ];
         for (i, (batch, cin, cout, hw, k, stride, padding, groups, bias)) in
             cases.into_iter().enumerate()
@@ -1056,6 +1075,7 @@ mod tests {
             (2, 4, 6, [8, 8], 3, [2, 2], [1, 1], 2, (1, 2)),
             (2, 6, 4, [5, 7], 1, [1, 1], [0, 0], 1, (2, 3)),
             (1, 4, 4, [6, 6], 3, [1, 2], [0, 1], 4, (1, 2)),
+            (2, 5, 5, [9, 7], 5, [2, 2], [2, 2], 5, (2, 3)),
         ];
         for (i, (batch, cin, cout, hw, k, stride, padding, groups, (ib, fb))) in
             cases.into_iter().enumerate()
