@@ -67,6 +67,7 @@ fn options(seed: u64, exclude: Option<Vec<String>>) -> FolderOptions {
         split_seed: seed,
         exclude,
         cache: None,
+        limit_train: None,
     }
 }
 
@@ -125,6 +126,20 @@ fn image_folder_numbers_sorted_class_folders_and_resizes() {
     );
     let note = data.load_note.as_deref().unwrap();
     assert!(note.contains("decoded 20 images to 3x6x4"), "{note}");
+
+    // limit_train keeps a shuffled sample of all classes, and only it is decoded.
+    let limited = DataConfig {
+        limit_train: Some(8),
+        validation_fraction: 0.25,
+        ..cfg(DatasetKind::ImageFolder, tmp.path())
+    }
+    .load()
+    .unwrap();
+    assert_eq!(limited.train.len() + limited.valid.len(), 8);
+    let labels = limited.train.dataset().labels();
+    assert!(labels.iter().any(|&l| l != labels[0]), "{labels:?}");
+    let note = limited.load_note.as_deref().unwrap();
+    assert!(note.contains("decoded 12 images"), "{note}");
 }
 
 #[test]

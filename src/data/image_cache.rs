@@ -12,7 +12,7 @@
 //! width u32, train count u64, test count u64, train labels u16 x n, test labels u16 x n,
 //! train pixels, test pixels (each N x 3 x H x W).
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
@@ -162,7 +162,7 @@ pub fn miss_reason(key: &CacheKey) -> &'static str {
         Err(_) => "none yet",
         Ok(mut f) => {
             let mut head = [0u8; HEADER];
-            match std::io::Read::read_exact(&mut f, &mut head) {
+            match f.read_exact(&mut head) {
                 Ok(()) if head[..8] == MAGIC[..] && head[8..16] != key.header()[8..16] => {
                     "stale: the dataset's files changed, rebuilt"
                 }
@@ -173,31 +173,34 @@ pub fn miss_reason(key: &CacheKey) -> &'static str {
 }
 
 /// Reads the cache for `key` if it exists and is current; anything else is a `Miss`. Only a
-/// file that exists but cannot be read is an error.
+/// file that exists but cannot be read is an error. The pixels are read straight into their
+/// two buffers, so a 1.3 GB cache needs 1.3 GB, not twice that.
 pub fn load(key: &CacheKey) -> Result<Lookup, DataError> {
-    let meta = match std::fs::metadata(&key.file) {
-        Ok(m) => m,
-        Err(_) => return Ok(Lookup::Miss),
-    };
-    if meta.len() != key.expected_len() {
-        return Ok(Lookup::Miss);
-    }
-    let bytes = std::fs::read(&key.file).map_err(|source| DataError::Io {
+    let io = |source| DataError::Io {
         path: key.file.clone(),
         source,
-    })?;
-    if bytes.len() as u64 != key.expected_len() || bytes[..HEADER] != key.header() {
+    };
+    let mut file = match std::fs::File::open(&key.file) {
+        Ok(f) => f,
+        Err(_) => return Ok(Lookup::Miss),
+    };
+    if file.metadata().map_err(io)?.len() != key.expected_len() {
         return Ok(Lookup::Miss);
     }
-    let (n_train, n_test) = (key.n_train as usize, key.n_test as usize);
-    let px = HEADER + 2 * (n_train + n_test);
-    let split = px + n_train * key.image_len();
+    let mut head = [0u8; HEADER];
+    file.read_exact(&mut head).map_err(io)?;
+    if head != key.header() {
+        return Ok(Lookup::Miss);
+    }
     // Labels are part of the listing hash, so a matching header means they match too; the
     // pixels are what the cache is for.
-    Ok(Lookup::Hit(
-        bytes[px..split].to_vec(),
-        bytes[split..].to_vec(),
-    ))
+    let labels = 2 * (key.n_train + key.n_test) as usize;
+    file.read_exact(&mut vec![0u8; labels]).map_err(io)?;
+    let mut train = vec![0u8; key.n_train as usize * key.image_len()];
+    file.read_exact(&mut train).map_err(io)?;
+    let mut test = vec![0u8; key.n_test as usize * key.image_len()];
+    file.read_exact(&mut test).map_err(io)?;
+    Ok(Lookup::Hit(train, test))
 }
 
 /// Writes the cache for `key` atomically (temporary file in the same folder, then rename).

@@ -12,6 +12,10 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+
 use super::image_cache::{self, CacheKey};
 use super::image_decode::{DecodeOptions, decode_all};
 use super::split::{validation_count, validation_split};
@@ -36,6 +40,8 @@ pub struct FolderOptions {
     pub exclude: Option<Vec<String>>,
     /// Folder of the decode cache, if any.
     pub cache: Option<PathBuf>,
+    /// Keep only this many training images (after the shuffle), so the rest is never decoded.
+    pub limit_train: Option<usize>,
 }
 
 /// Image files and their labels, in listing order.
@@ -72,9 +78,12 @@ pub struct FolderSet {
 }
 
 /// Lists the dataset of `kind` under `path` without decoding anything.
+///
+/// The training images come in a seeded shuffled order (from `split_seed`), not class by
+/// class, so `limit_train` keeps a sample of every class rather than the first classes only.
 pub fn list(kind: DatasetKind, path: &Path, opts: &FolderOptions) -> Result<FolderSet, DataError> {
     check_dir(path)?;
-    match kind {
+    let mut set = match kind {
         DatasetKind::Caltech101 => list_caltech101(path, opts),
         DatasetKind::TinyImagenet => list_tiny_imagenet(path, opts),
         DatasetKind::ImageFolder => list_image_folder(path, opts),
@@ -82,7 +91,16 @@ pub fn list(kind: DatasetKind, path: &Path, opts: &FolderOptions) -> Result<Fold
             "kind",
             format!("`{other}` is not an image-folder kind"),
         )),
+    }?;
+    let mut order: Vec<u32> = (0..set.train.files.len() as u32).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(
+        opts.split_seed ^ 0x6f72_6465_725f_7472, // "order_tr"
+    ));
+    if let Some(limit) = opts.limit_train {
+        order.truncate(limit);
     }
+    set.train = set.train.subset(&order);
+    Ok(set)
 }
 
 /// Lists, then decodes (or reads from the cache) the dataset of `kind` under `path`. The string

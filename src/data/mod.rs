@@ -524,6 +524,7 @@ impl DataConfig {
             split_seed: self.split_seed,
             exclude: self.exclude_classes.clone(),
             cache: self.cache.clone(),
+            limit_train: self.limit_train,
         })
     }
 
