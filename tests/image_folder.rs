@@ -709,3 +709,21 @@ fn kinds_and_sizes_parse_from_toml() {
         "{msg}"
     );
 }
+
+#[test]
+fn the_shipped_caltech101_config_loads_a_caltech_folder() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/caltech101.toml");
+    let tmp = tempfile::tempdir().unwrap();
+    caltech(tmp.path());
+    let sets = [
+        format!("data.path={}", tmp.path().display()),
+        format!("data.cache={}", tmp.path().join("cache").display()),
+        "data.image_size=8".to_string(),
+    ];
+    let run = dsnn_hpo::config::RunConfig::load(&file, &sets).unwrap();
+    assert_eq!(run.data.kind, DatasetKind::Caltech101);
+    let data = run.data.load().unwrap();
+    assert_eq!(data.dims(), [3, 8, 8]);
+    assert_eq!(data.num_classes(), 4);
+    assert_eq!(data.test.len(), 4);
+}
