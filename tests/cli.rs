@@ -356,3 +356,49 @@ fn energy_per_layer_of_a_trained_state_adds_up() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("state"), "{}", stderr(&o));
 }
+
+#[cfg(feature = "dsnn")]
+#[test]
+fn train_reads_an_image_folder_and_its_decode_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    for (k, class) in ["cat", "dog"].iter().enumerate() {
+        std::fs::create_dir_all(images.join(class)).unwrap();
+        for i in 0..15u32 {
+            let img = image::RgbImage::from_fn(12 + i % 3, 10, |x, y| {
+                image::Rgb([(k * 200) as u8, (x * 20) as u8, (y * 20 + i) as u8])
+            });
+            img.save(images.join(class).join(format!("{i}.png")))
+                .unwrap();
+        }
+    }
+    let cfg = write(
+        dir.path(),
+        "img.toml",
+        &format!(
+            "epochs = 1\n[data]\nkind = \"image-folder\"\npath = {:?}\nimage_size = 16\n\
+             cache = {:?}\nvalidation_fraction = 0.25\n[train]\nmodel = \"small-cnn\"\n\
+             shift_type = \"q\"\nbatch_size = 8\n",
+            images.to_str().unwrap(),
+            dir.path().join("cache").to_str().unwrap()
+        ),
+    );
+    let run = || {
+        let o = dsnn(&["train", "--config", cfg.to_str().unwrap(), "--json"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["report"]["status"], "completed");
+        (
+            stderr(&o),
+            v["data"].as_str().unwrap_or_default().to_string(),
+        )
+    };
+    let (first, data) = run();
+    assert!(first.contains("decoded 30 images to 3x16x16"), "{first}");
+    assert!(data.contains("3x16x16, 2 classes"), "{data}");
+    let (second, _) = run();
+    assert!(
+        second.contains("read 30 decoded images from cache"),
+        "{second}"
+    );
+}

@@ -76,6 +76,9 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> Result<(), Error> {
         eprintln!("energy: {note}");
     }
     if !args.quiet {
+        if let Some(note) = &data.load_note {
+            eprintln!("data: {note}");
+        }
         eprintln!("data: {}", data.describe());
     }
     let mut bars = EpochBar::new(MultiProgress::new(), true);

@@ -117,6 +117,15 @@ pub enum DataError {
     #[error("{origin}: {message}")]
     Inconsistent { origin: PathBuf, message: String },
 
+    /// An image file that cannot be decoded (truncated, corrupt, or not an image at all).
+    #[error("{path}: cannot decode image: {message}")]
+    BadImage { path: PathBuf, message: String },
+
+    /// A folder layout problem of an image-folder dataset (empty class folder, a class of the
+    /// test set missing from training, a bad annotation line).
+    #[error("{path}: {message}")]
+    Layout { path: PathBuf, message: String },
+
     /// The background batch thread could not be started.
     #[error("cannot start the batch prefetch thread: {source}")]
     Thread {

@@ -27,6 +27,9 @@ pub mod bundled;
 pub mod cifar;
 mod error;
 pub mod idx;
+pub mod image_cache;
+pub mod image_decode;
+pub mod image_folder;
 pub mod normalize;
 pub mod split;
 
@@ -39,6 +42,7 @@ use serde::{Deserialize, Serialize};
 
 pub use batch::{Batch, EpochBatches, Prefetch, epoch_seed};
 pub use error::DataError;
+pub use image_decode::{ImageSize, ResizeMode};
 pub use normalize::Normalization;
 pub use split::{Split, validation_split};
 
@@ -56,16 +60,26 @@ pub enum DatasetKind {
     FashionMnist,
     /// Fashion-MNIST subset embedded in the binary; needs no path.
     Bundled,
+    /// Caltech101's `101_ObjectCategories/<class>/*.jpg`, split 80/20 into train and test.
+    Caltech101,
+    /// Tiny ImageNet: `train/<wnid>/images/*`, `val/` as the test set, `wnids.txt`.
+    TinyImagenet,
+    /// One folder of JPEG/PNG images per class (torchvision's `ImageFolder`), optionally under
+    /// `train/` and `test/` (or `val/`).
+    ImageFolder,
 }
 
 impl DatasetKind {
     /// All kinds, in the order they are listed to users.
-    pub const ALL: [DatasetKind; 5] = [
+    pub const ALL: [DatasetKind; 8] = [
         DatasetKind::Cifar10,
         DatasetKind::Cifar100,
         DatasetKind::Mnist,
         DatasetKind::FashionMnist,
         DatasetKind::Bundled,
+        DatasetKind::Caltech101,
+        DatasetKind::TinyImagenet,
+        DatasetKind::ImageFolder,
     ];
 
     /// The name used in config files and on the command line.
@@ -76,24 +90,50 @@ impl DatasetKind {
             DatasetKind::Mnist => "mnist",
             DatasetKind::FashionMnist => "fashion-mnist",
             DatasetKind::Bundled => "bundled",
+            DatasetKind::Caltech101 => "caltech101",
+            DatasetKind::TinyImagenet => "tiny-imagenet",
+            DatasetKind::ImageFolder => "image-folder",
         }
     }
 
-    /// Number of classes the labels must lie in.
-    pub fn num_classes(self) -> usize {
+    /// Number of classes the labels must lie in, for the fixed-format kinds; image-folder kinds
+    /// take theirs from the class folders found (`None`).
+    pub fn num_classes(self) -> Option<usize> {
         match self {
-            DatasetKind::Cifar100 => 100,
-            _ => 10,
+            DatasetKind::Cifar100 => Some(100),
+            k if k.is_image_folder() => None,
+            _ => Some(10),
+        }
+    }
+
+    /// True for the kinds read from folders of JPEG/PNG files.
+    pub fn is_image_folder(self) -> bool {
+        matches!(
+            self,
+            DatasetKind::Caltech101 | DatasetKind::TinyImagenet | DatasetKind::ImageFolder
+        )
+    }
+
+    /// The size images are resized to when `image_size` is not given: Tiny ImageNet's own
+    /// 64x64, and 224x224 (the paper's Caltech101 size) for the others.
+    pub fn default_image_size(self) -> Option<ImageSize> {
+        match self {
+            DatasetKind::TinyImagenet => Some(ImageSize::Square(64)),
+            k if k.is_image_folder() => Some(ImageSize::Square(224)),
+            _ => None,
         }
     }
 
     /// Crop+flip augmentation suits the 3-channel 32x32 CIFAR images; on 28x28 grey digits and
     /// clothes it mostly hurts (flipped digits are other digits), so it is off there by default.
+    /// Image-folder kinds default to off too, as the paper's Caltech101 runs train.
     pub fn default_augment(self) -> bool {
         matches!(self, DatasetKind::Cifar10 | DatasetKind::Cifar100)
     }
 
     /// Reads the training and test files of this kind from `path` (ignored for `Bundled`).
+    /// Image-folder kinds use the `[data]` defaults here (default size, no cache); use
+    /// `DataConfig::load` for the other settings.
     pub fn read(self, path: Option<&Path>) -> Result<TrainTest, DataError> {
         let need_path = || {
             path.ok_or_else(|| {
@@ -106,10 +146,16 @@ impl DatasetKind {
         match self {
             DatasetKind::Cifar10 => cifar::read_cifar10(need_path()?),
             DatasetKind::Cifar100 => cifar::read_cifar100(need_path()?),
-            DatasetKind::Mnist | DatasetKind::FashionMnist => {
-                idx::read_dir(need_path()?, self.num_classes())
-            }
+            DatasetKind::Mnist | DatasetKind::FashionMnist => idx::read_dir(need_path()?, 10),
             DatasetKind::Bundled => bundled::read(),
+            DatasetKind::Caltech101 | DatasetKind::TinyImagenet | DatasetKind::ImageFolder => {
+                let cfg = DataConfig {
+                    kind: self,
+                    path: path.map(Path::to_path_buf),
+                    ..DataConfig::default()
+                };
+                Ok(image_folder::read(self, need_path()?, &cfg.folder_options()?)?.0)
+            }
         }
     }
 }
@@ -335,7 +381,8 @@ fn default_true() -> bool {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// Dataset format: `cifar10`, `cifar100`, `mnist`, `fashion-mnist` or `bundled`.
+    /// Dataset format: `cifar10`, `cifar100`, `mnist`, `fashion-mnist`, `bundled`,
+    /// `caltech101`, `tiny-imagenet` or `image-folder`.
     pub kind: DatasetKind,
     /// Folder with the standard file names (for CIFAR also its parent). Not used for `bundled`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -356,7 +403,25 @@ pub struct DataConfig {
     /// Use only the first `limit_train` records of the training file(s), before the split.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit_train: Option<usize>,
+    /// Image-folder kinds: the size every image is resized to, `224` or `[height, width]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<ImageSize>,
+    /// Image-folder kinds: `stretch` (default, aspect not kept) or `center-crop`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resize: Option<ResizeMode>,
+    /// Image-folder kinds: folder for the decoded images, so later runs skip decoding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<PathBuf>,
+    /// Image-folder kinds without a test folder: share held out as the test set (default 0.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_fraction: Option<f64>,
+    /// Image-folder kinds: class folders to leave out (Caltech101 default: BACKGROUND_Google).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude_classes: Option<Vec<String>>,
 }
+
+/// The test share of image-folder kinds without a test folder: the paper's 80/20 split.
+pub const DEFAULT_TEST_FRACTION: f64 = 0.2;
 
 impl Default for DataConfig {
     fn default() -> Self {
@@ -368,6 +433,11 @@ impl Default for DataConfig {
             stratify: true,
             augment: None,
             limit_train: None,
+            image_size: None,
+            resize: None,
+            cache: None,
+            test_fraction: None,
+            exclude_classes: None,
         }
     }
 }
@@ -406,16 +476,76 @@ impl DataConfig {
                 "must be at least 1 (leave it out for no limit)",
             ));
         }
-        Ok(())
+        if !self.kind.is_image_folder() {
+            let set = [
+                ("image_size", self.image_size.is_some()),
+                ("resize", self.resize.is_some()),
+                ("cache", self.cache.is_some()),
+                ("test_fraction", self.test_fraction.is_some()),
+                ("exclude_classes", self.exclude_classes.is_some()),
+            ];
+            if let Some((field, _)) = set.into_iter().find(|&(_, given)| given) {
+                return Err(DataError::config(
+                    field,
+                    format!(
+                        "only applies to the image-folder kinds (caltech101, tiny-imagenet, \
+                         image-folder), not to `{}`",
+                        self.kind
+                    ),
+                ));
+            }
+            return Ok(());
+        }
+        self.folder_options().map(|_| ())
+    }
+
+    /// The image-folder settings with defaults filled in, checked.
+    fn folder_options(&self) -> Result<image_folder::FolderOptions, DataError> {
+        let size = self
+            .image_size
+            .or(self.kind.default_image_size())
+            .unwrap_or(ImageSize::Square(224));
+        size.check()?;
+        let test_fraction = self.test_fraction.unwrap_or(DEFAULT_TEST_FRACTION);
+        if !(test_fraction > 0.0 && test_fraction < 1.0) {
+            return Err(DataError::config(
+                "test_fraction",
+                format!("must be strictly between 0 and 1, got {test_fraction}"),
+            ));
+        }
+        let (height, width) = size.height_width();
+        Ok(image_folder::FolderOptions {
+            decode: image_decode::DecodeOptions {
+                height,
+                width,
+                resize: self.resize.unwrap_or_default(),
+            },
+            test_fraction,
+            split_seed: self.split_seed,
+            exclude: self.exclude_classes.clone(),
+            cache: self.cache.clone(),
+            limit_train: self.limit_train,
+        })
+    }
+
+    /// Reads the training and test parts; for image-folder kinds also a line on decoding.
+    fn read(&self) -> Result<(TrainTest, Option<String>), DataError> {
+        match (self.kind.is_image_folder(), self.path.as_deref()) {
+            (true, Some(path)) => {
+                let (tt, note) = image_folder::read(self.kind, path, &self.folder_options()?)?;
+                Ok((tt, Some(note)))
+            }
+            _ => Ok((self.kind.read(self.path.as_deref())?, None)),
+        }
     }
 
     /// Reads the files, splits off validation and computes the normalization on the train part.
     pub fn load(&self) -> Result<LoadedData, DataError> {
         self.validate()?;
-        let TrainTest { mut train, test } = {
-            let tt = self.kind.read(self.path.as_deref())?;
+        let (TrainTest { mut train, test }, load_note) = {
+            let (tt, note) = self.read()?;
             tt.check_consistent()?;
-            tt
+            (tt, note)
         };
         if let Some(limit) = self.limit_train {
             train.truncate(limit);
@@ -439,6 +569,7 @@ impl DataConfig {
             test: test_split,
             normalization,
             augment: self.augment.unwrap_or_else(|| self.kind.default_augment()),
+            load_note,
         })
     }
 }
@@ -458,6 +589,9 @@ pub struct LoadedData {
     pub normalization: Normalization,
     /// Whether training batches should be augmented.
     pub augment: bool,
+    /// How reading went, for the log: image-folder kinds say how long decoding or the decode
+    /// cache took (`None` for the other kinds).
+    pub load_note: Option<String>,
 }
 
 impl LoadedData {

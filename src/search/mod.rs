@@ -460,6 +460,9 @@ pub fn optimize(cfg: &RunConfig, opts: &OptimizeOptions) -> Result<Summary, Erro
             eprintln!("energy: {note}");
         }
         if let Some(d) = &data {
+            if let Some(note) = &d.load_note {
+                eprintln!("data: {note}");
+            }
             eprintln!("data: {}", d.describe());
         }
     }
