@@ -296,6 +296,20 @@ fn count_shift_layers(net: &Network) -> usize {
                 + dense(&r.fc)
         }
         Network::SmallCnn(m) => conv(&m.conv1) + conv(&m.conv2) + dense(&m.fc1) + dense(&m.fc2),
+        Network::MobileNetV2(m) => {
+            conv(&m.conv1)
+                + m.blocks
+                    .iter()
+                    .map(|b| {
+                        conv(&b.conv1)
+                            + conv(&b.conv2)
+                            + conv(&b.conv3)
+                            + b.shortcut.as_ref().map_or(0, |s| conv(&s.conv))
+                    })
+                    .sum::<usize>()
+                + conv(&m.conv2)
+                + dense(&m.linear)
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use crate::shift::{Rounding, ShiftKind, ShiftSettings};
 
 #[derive(Debug, Args)]
 pub struct DescribeArgs {
-    /// Backbone: resnet20, resnet32, resnet44, resnet56 or small-cnn.
+    /// Backbone: resnet20, resnet32, resnet44, resnet56, small-cnn or mobilenetv2.
     #[arg(long, default_value = "resnet20")]
     pub model: String,
     /// Weight layers (conv and linear) converted to shift layers, counted from the output end;
@@ -33,7 +33,7 @@ pub struct DescribeArgs {
     /// Fraction bits of the fixed-point activations of shift layers, 1..=32.
     #[arg(long, default_value = "16", allow_negative_numbers = true)]
     pub activation_fraction_bits: i64,
-    /// Input shape CxHxW; default 3x32x32 for the ResNets, 1x28x28 for small-cnn.
+    /// Input shape CxHxW; default 1x28x28 for small-cnn, 3x32x32 for the others.
     #[arg(long)]
     pub input: Option<String>,
     /// Number of classes.
@@ -200,8 +200,9 @@ fn write_table(spec: &NetSpec, t: &Totals, out: &mut dyn Write) -> std::io::Resu
                 in_channels,
                 out_channels,
                 kernel,
+                groups,
                 ..
-            } => shape(&[out_channels, in_channels, kernel, kernel]),
+            } => shape(&[out_channels, in_channels / groups.max(1), kernel, kernel]),
             LayerKind::Linear {
                 in_features,
                 out_features,
