@@ -41,6 +41,22 @@ fn describe_prints_the_layer_table_and_totals() {
 }
 
 #[test]
+fn describe_shows_mobilenetv2_with_its_depthwise_convs_and_58_weight_layers() {
+    let o = dsnn(&["describe", "--model", "mobilenetv2", "--shift-depth", "54"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(text.contains("the last 54 of 58 weight layers are shift layers"));
+    assert!(text.contains("2,296,922"), "total parameters");
+    let depthwise: Vec<&str> = text.lines().filter(|l| l.contains("conv dw")).collect();
+    assert_eq!(depthwise.len(), 17);
+    // The first block's depthwise conv: one 3x3 filter per channel, float at depth 54.
+    let first = depthwise[0].split_whitespace().collect::<Vec<_>>();
+    assert_eq!(first[1], "layers.0.conv2");
+    assert_eq!(first[4], "32x1x3x3");
+    assert_eq!(first[7], "float");
+}
+
+#[test]
 fn describe_json_is_machine_readable() {
     let o = dsnn(&[
         "describe",

@@ -179,3 +179,34 @@ fn the_fused_cpu_convolution_gives_burns_logits_float_and_all_ps() {
         }
     }
 }
+
+/// Records the per-image shape of every table layer's output, in the order the forward runs.
+struct Shapes(Vec<Vec<usize>>);
+
+impl dsnn_hpo::model::Laps for Shapes {
+    fn layer<const D: usize>(&mut self, t: Tensor<D>) -> Tensor<D> {
+        self.0.push(t.dims()[1..].to_vec());
+        t
+    }
+    fn other<const D: usize>(&mut self, t: Tensor<D>) -> Tensor<D> {
+        t
+    }
+}
+
+#[test]
+fn the_forward_runs_the_table_in_order_at_cifar_tiny_imagenet_and_caltech_sizes() {
+    // The per-layer energy profile attributes time by this order: each lap must be the
+    // table's next layer, shortcut convs included, at every input size.
+    let _rng = rng_lock();
+    let device = Device::flex();
+    for side in [32, 64, 128] {
+        let spec = spec(ShiftKind::Ps, 20, side);
+        let net = Network::init(&spec, &device).valid();
+        let x = Tensor::<4>::zeros([1, 3, side, side], &device);
+        let mut shapes = Shapes(Vec::new());
+        let logits = net.forward_with(x, &mut shapes);
+        assert_eq!(logits.dims(), [1, 10]);
+        let expected: Vec<Vec<usize>> = spec.layers.iter().map(|l| l.output.clone()).collect();
+        assert_eq!(shapes.0, expected, "{side}x{side}");
+    }
+}

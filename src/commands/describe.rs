@@ -189,9 +189,17 @@ fn write_table(spec: &NetSpec, t: &Totals, out: &mut dyn Write) -> std::io::Resu
         )?;
     }
     writeln!(out)?;
+    // MobileNetV2's names ("layers.16.shortcut.0") are longer than the ResNets'.
+    let name_width = spec
+        .layers
+        .iter()
+        .map(|l| l.name.len())
+        .max()
+        .unwrap_or(0)
+        .max(16);
     writeln!(
         out,
-        "{:>3}  {:<16} {:<9} {:<16} {:<10} {:<10} {:<6} {:>9} {:>12}",
+        "{:>3}  {:<name_width$} {:<9} {:<16} {:<10} {:<10} {:<6} {:>9} {:>12}",
         "#", "layer", "kind", "weight shape", "input", "output", "type", "params", "MACs/img"
     )?;
     for (i, l) in spec.layers.iter().enumerate() {
@@ -211,12 +219,26 @@ fn write_table(spec: &NetSpec, t: &Totals, out: &mut dyn Write) -> std::io::Resu
             LayerKind::BatchNorm { features } => shape(&[features]),
         };
         let kind = if l.shift { "shift" } else { "float" };
+        let what = match l.kind {
+            LayerKind::Conv {
+                in_channels,
+                groups,
+                ..
+            } if groups > 1 => {
+                if groups == in_channels {
+                    "conv dw".to_string()
+                } else {
+                    format!("conv g{groups}")
+                }
+            }
+            _ => l.kind.short_name().to_string(),
+        };
         writeln!(
             out,
-            "{:>3}  {:<16} {:<9} {:<16} {:<10} {:<10} {:<6} {:>9} {:>12}",
+            "{:>3}  {:<name_width$} {:<9} {:<16} {:<10} {:<10} {:<6} {:>9} {:>12}",
             i,
             l.name,
-            l.kind.short_name(),
+            what,
             wshape,
             shape(&l.input),
             shape(&l.output),
