@@ -11,6 +11,7 @@ use std::str::FromStr;
 
 use crate::shift::ShiftSettings;
 
+mod efficientnet;
 mod mobilenetv2;
 
 /// The backbones dsnn-hpo can build.
@@ -29,16 +30,21 @@ pub enum Backbone {
     /// Sandler et al.'s inverted residuals with depthwise convs, in the CIFAR form of the
     /// DeepShift fork (kuangliu's): see [`mobilenetv2`].
     Mobilenetv2,
+    /// The fork's CIFAR EfficientNet-B0: inverted residuals with squeeze-and-excitation, see
+    /// [`efficientnet`].
+    #[serde(rename = "efficientnet-b0")]
+    EfficientnetB0,
 }
 
 impl Backbone {
-    pub const ALL: [Backbone; 6] = [
+    pub const ALL: [Backbone; 7] = [
         Backbone::Resnet20,
         Backbone::Resnet32,
         Backbone::Resnet44,
         Backbone::Resnet56,
         Backbone::SmallCnn,
         Backbone::Mobilenetv2,
+        Backbone::EfficientnetB0,
     ];
 
     pub fn name(self) -> &'static str {
@@ -49,6 +55,7 @@ impl Backbone {
             Backbone::Resnet56 => "resnet56",
             Backbone::SmallCnn => "small-cnn",
             Backbone::Mobilenetv2 => "mobilenetv2",
+            Backbone::EfficientnetB0 => "efficientnet-b0",
         }
     }
 
@@ -59,7 +66,7 @@ impl Backbone {
             Backbone::Resnet32 => Some(5),
             Backbone::Resnet44 => Some(7),
             Backbone::Resnet56 => Some(9),
-            Backbone::SmallCnn | Backbone::Mobilenetv2 => None,
+            Backbone::SmallCnn | Backbone::Mobilenetv2 | Backbone::EfficientnetB0 => None,
         }
     }
 }
@@ -84,7 +91,7 @@ impl FromStr for Backbone {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ArchError {
     #[error(
-        "unknown model '{0}': expected one of resnet20, resnet32, resnet44, resnet56, small-cnn, mobilenetv2"
+        "unknown model '{0}': expected one of resnet20, resnet32, resnet44, resnet56, small-cnn, mobilenetv2, efficientnet-b0"
     )]
     UnknownModel(String),
     #[error("invalid input shape '{0}': expected CxHxW with positive integers, e.g. 3x32x32")]
@@ -253,7 +260,7 @@ impl NetSpec {
             return Err(ArchError::BadClasses(num_classes));
         }
         // The ResNets and the small CNN halve the resolution twice; MobileNetV2's 3x3 convs
-        // (padding 1) and global pool take any size.
+        // (padding 1) and global pool take any size, as do EfficientNet-B0's.
         if input.height < 4 || input.width < 4 {
             return Err(ArchError::InputTooSmall {
                 model,
@@ -281,6 +288,7 @@ impl NetSpec {
                 b.linear("fc", num_classes, true);
             }
             None if model == Backbone::Mobilenetv2 => mobilenetv2::layers(&mut b, num_classes),
+            None if model == Backbone::EfficientnetB0 => efficientnet::layers(&mut b, num_classes),
             None => {
                 b.conv("conv1", 16, 3, 1, 1, false);
                 b.bn("bn1");

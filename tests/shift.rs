@@ -310,6 +310,21 @@ fn count_shift_layers(net: &Network) -> usize {
                 + conv(&m.conv2)
                 + dense(&m.linear)
         }
+        Network::EfficientNet(m) => {
+            conv(&m.conv1)
+                + m.blocks
+                    .iter()
+                    .map(|b| {
+                        conv(&b.body.conv1)
+                            + conv(&b.body.conv2)
+                            + conv(&b.body.conv3)
+                            + b.body.shortcut.as_ref().map_or(0, |s| conv(&s.conv))
+                            + conv(&b.fc1)
+                            + conv(&b.fc2)
+                    })
+                    .sum::<usize>()
+                + dense(&m.linear)
+        }
     }
 }
 

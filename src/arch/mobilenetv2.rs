@@ -57,8 +57,8 @@ pub(super) fn layers(b: &mut Builder, num_classes: usize) {
 }
 
 /// One block, in forward order: expand, depthwise, project, then the shortcut conv (if any)
-/// on the block's input.
-fn inverted_residual(
+/// on the block's input. EfficientNet-B0's blocks start the same way.
+pub(super) fn inverted_residual(
     b: &mut Builder,
     p: &str,
     in_planes: usize,

@@ -11,7 +11,8 @@ use crate::shift::{Rounding, ShiftKind, ShiftSettings};
 
 #[derive(Debug, Args)]
 pub struct DescribeArgs {
-    /// Backbone: resnet20, resnet32, resnet44, resnet56, small-cnn or mobilenetv2.
+    /// Backbone: resnet20, resnet32, resnet44, resnet56, small-cnn, mobilenetv2 or
+    /// efficientnet-b0.
     #[arg(long, default_value = "resnet20")]
     pub model: String,
     /// Weight layers (conv and linear) converted to shift layers, counted from the output end;

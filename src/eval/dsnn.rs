@@ -555,7 +555,11 @@ mod tests {
     #[test]
     fn the_shift_depth_bound_is_the_networks_weight_layer_count() {
         // As the run wires it (search/wiring.rs): the table of the configured model.
-        for (model, layers) in [(Backbone::Resnet20, 20.0), (Backbone::Mobilenetv2, 58.0)] {
+        for (model, layers) in [
+            (Backbone::Resnet20, 20.0),
+            (Backbone::Mobilenetv2, 58.0),
+            (Backbone::EfficientnetB0, 84.0),
+        ] {
             let base = TrainConfig {
                 model,
                 ..TrainConfig::default()

@@ -49,7 +49,7 @@ pub struct InvertedResidual {
 }
 
 impl InvertedResidual {
-    fn init(cursor: &mut SpecCursor<'_>, device: &Device) -> Self {
+    pub(super) fn init(cursor: &mut SpecCursor<'_>, device: &Device) -> Self {
         let (in_planes, _, _, _) = conv_fields(cursor.peek());
         let conv1 = cursor.conv(device);
         let bn1 = cursor.bn(device);
@@ -79,25 +79,35 @@ impl InvertedResidual {
     }
 
     pub fn forward_with(&self, x: Tensor<4>, laps: &mut impl Laps) -> Tensor<4> {
-        let out = laps.layer(self.conv1.forward(x.clone()));
+        let out = self.main_path(x.clone(), laps);
+        if !self.residual {
+            return out;
+        }
+        let shortcut = self.shortcut_path(x, laps);
+        laps.other(out + shortcut)
+    }
+
+    /// Expand, depthwise, project, with their batch norms.
+    pub fn main_path(&self, x: Tensor<4>, laps: &mut impl Laps) -> Tensor<4> {
+        let out = laps.layer(self.conv1.forward(x));
         let out = laps.layer(batch_norm_auto(&self.bn1, out));
         let out = laps.other(relu(out));
         let out = laps.layer(self.conv2.forward(out));
         let out = laps.layer(batch_norm_auto(&self.bn2, out));
         let out = laps.other(relu(out));
         let out = laps.layer(self.conv3.forward(out));
-        let out = laps.layer(batch_norm_auto(&self.bn3, out));
-        if !self.residual {
-            return out;
-        }
-        let shortcut = match &self.shortcut {
+        laps.layer(batch_norm_auto(&self.bn3, out))
+    }
+
+    /// The block input, through the shortcut conv where there is one.
+    pub fn shortcut_path(&self, x: Tensor<4>, laps: &mut impl Laps) -> Tensor<4> {
+        match &self.shortcut {
             Some(s) => {
                 let y = laps.layer(s.conv.forward(x));
                 laps.layer(batch_norm_auto(&s.bn, y))
             }
             None => x,
-        };
-        laps.other(out + shortcut)
+        }
     }
 }
 

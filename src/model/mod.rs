@@ -12,10 +12,12 @@ use crate::shift::cpu_conv::{Conv2dParams, conv2d_auto};
 use crate::shift::layer::{ShiftConv2d, ShiftConv2dConfig, ShiftLinear, ShiftLinearConfig};
 
 pub mod batch_norm;
+mod efficientnet;
 mod mobilenetv2;
 mod resnet;
 mod small_cnn;
 
+pub use efficientnet::{EfficientNet, SeBlock};
 pub use mobilenetv2::{InvertedResidual, MobileNetV2, Shortcut};
 pub use resnet::{BasicBlock, ResNet};
 pub use small_cnn::SmallCnn;
@@ -189,6 +191,7 @@ pub enum Network {
     ResNet(ResNet),
     SmallCnn(SmallCnn),
     MobileNetV2(MobileNetV2),
+    EfficientNet(EfficientNet),
 }
 
 impl Network {
@@ -198,6 +201,9 @@ impl Network {
         match spec.model {
             Backbone::SmallCnn => Network::SmallCnn(SmallCnn::init(&mut cursor, device)),
             Backbone::Mobilenetv2 => Network::MobileNetV2(MobileNetV2::init(&mut cursor, device)),
+            Backbone::EfficientnetB0 => {
+                Network::EfficientNet(EfficientNet::init(&mut cursor, device))
+            }
             _ => Network::ResNet(ResNet::init(&mut cursor, device)),
         }
     }
@@ -215,6 +221,7 @@ impl Network {
             Network::ResNet(m) => m.forward_with(x, laps),
             Network::SmallCnn(m) => m.forward_with(x, laps),
             Network::MobileNetV2(m) => m.forward_with(x, laps),
+            Network::EfficientNet(m) => m.forward_with(x, laps),
         }
     }
 }
