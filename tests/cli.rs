@@ -57,6 +57,27 @@ fn describe_shows_mobilenetv2_with_its_depthwise_convs_and_58_weight_layers() {
 }
 
 #[test]
+fn describe_shows_efficientnet_b0_with_its_squeeze_and_excitation_convs() {
+    let o = dsnn(&["describe", "--model", "efficientnet-b0", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["model"], "efficientnet-b0");
+    assert_eq!(v["totals"]["weight_layers"], 84);
+    assert_eq!(v["totals"]["params"], 2_912_089);
+    let se = v["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "layers.0.fc1")
+        .unwrap();
+    assert_eq!(se["input"], serde_json::json!([16, 1, 1]));
+    assert_eq!(
+        (se["groups"].as_u64(), se["bias"].as_bool()),
+        (Some(1), Some(true))
+    );
+}
+
+#[test]
 fn describe_json_is_machine_readable() {
     let o = dsnn(&[
         "describe",
