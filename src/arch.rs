@@ -11,6 +11,9 @@ use std::str::FromStr;
 
 use crate::shift::ShiftSettings;
 
+mod efficientnet;
+mod mobilenetv2;
+
 /// The backbones dsnn-hpo can build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -24,15 +27,24 @@ pub enum Backbone {
     /// Two conv blocks and two linear layers, sized for 28x28 grey images but valid for any
     /// input of at least 4x4.
     SmallCnn,
+    /// Sandler et al.'s inverted residuals with depthwise convs, in the CIFAR form of the
+    /// DeepShift fork (kuangliu's): see [`mobilenetv2`].
+    Mobilenetv2,
+    /// The fork's CIFAR EfficientNet-B0: inverted residuals with squeeze-and-excitation, see
+    /// [`efficientnet`].
+    #[serde(rename = "efficientnet-b0")]
+    EfficientnetB0,
 }
 
 impl Backbone {
-    pub const ALL: [Backbone; 5] = [
+    pub const ALL: [Backbone; 7] = [
         Backbone::Resnet20,
         Backbone::Resnet32,
         Backbone::Resnet44,
         Backbone::Resnet56,
         Backbone::SmallCnn,
+        Backbone::Mobilenetv2,
+        Backbone::EfficientnetB0,
     ];
 
     pub fn name(self) -> &'static str {
@@ -42,6 +54,8 @@ impl Backbone {
             Backbone::Resnet44 => "resnet44",
             Backbone::Resnet56 => "resnet56",
             Backbone::SmallCnn => "small-cnn",
+            Backbone::Mobilenetv2 => "mobilenetv2",
+            Backbone::EfficientnetB0 => "efficientnet-b0",
         }
     }
 
@@ -52,7 +66,7 @@ impl Backbone {
             Backbone::Resnet32 => Some(5),
             Backbone::Resnet44 => Some(7),
             Backbone::Resnet56 => Some(9),
-            Backbone::SmallCnn => None,
+            Backbone::SmallCnn | Backbone::Mobilenetv2 | Backbone::EfficientnetB0 => None,
         }
     }
 }
@@ -77,7 +91,7 @@ impl FromStr for Backbone {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ArchError {
     #[error(
-        "unknown model '{0}': expected one of resnet20, resnet32, resnet44, resnet56, small-cnn"
+        "unknown model '{0}': expected one of resnet20, resnet32, resnet44, resnet56, small-cnn, mobilenetv2, efficientnet-b0"
     )]
     UnknownModel(String),
     #[error("invalid input shape '{0}': expected CxHxW with positive integers, e.g. 3x32x32")]
@@ -147,6 +161,10 @@ pub enum LayerKind {
         stride: usize,
         padding: usize,
         bias: bool,
+        /// Channel groups: each output channel sees `in_channels / groups` inputs (depthwise
+        /// when groups = in_channels). Absent in tables stored before grouped convs: 1.
+        #[serde(default = "one")]
+        groups: usize,
     },
     Linear {
         in_features: usize,
@@ -156,6 +174,10 @@ pub enum LayerKind {
     BatchNorm {
         features: usize,
     },
+}
+
+fn one() -> usize {
+    1
 }
 
 impl LayerKind {
@@ -237,7 +259,8 @@ impl NetSpec {
         if num_classes < 2 {
             return Err(ArchError::BadClasses(num_classes));
         }
-        // Both backbones halve the resolution twice.
+        // The ResNets and the small CNN halve the resolution twice; MobileNetV2's 3x3 convs
+        // (padding 1) and global pool take any size, as do EfficientNet-B0's.
         if input.height < 4 || input.width < 4 {
             return Err(ArchError::InputTooSmall {
                 model,
@@ -264,6 +287,8 @@ impl NetSpec {
                 b.global_pool();
                 b.linear("fc", num_classes, true);
             }
+            None if model == Backbone::Mobilenetv2 => mobilenetv2::layers(&mut b, num_classes),
+            None if model == Backbone::EfficientnetB0 => efficientnet::layers(&mut b, num_classes),
             None => {
                 b.conv("conv1", 16, 3, 1, 1, false);
                 b.bn("bn1");
@@ -394,10 +419,26 @@ impl Builder {
     }
 
     fn conv(&mut self, name: &str, out: usize, k: usize, stride: usize, pad: usize, bias: bool) {
+        self.grouped_conv(name, out, k, stride, pad, bias, 1);
+    }
+
+    /// A conv of `groups` channel groups: weights and MACs are per group, so a depthwise
+    /// conv costs `out * k * k` weights, not `out * in * k * k`.
+    #[allow(clippy::too_many_arguments)]
+    fn grouped_conv(
+        &mut self,
+        name: &str,
+        out: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        bias: bool,
+        groups: usize,
+    ) {
         let (c, h, w) = (self.shape[0], self.shape[1], self.shape[2]);
         let oh = (h + 2 * pad - k) / stride + 1;
         let ow = (w + 2 * pad - k) / stride + 1;
-        let weights = (out * c * k * k) as u64;
+        let weights = (out * (c / groups) * k * k) as u64;
         let macs = weights * (oh * ow) as u64;
         self.layers.push(LayerSpec {
             name: name.to_string(),
@@ -408,6 +449,7 @@ impl Builder {
                 stride,
                 padding: pad,
                 bias,
+                groups,
             },
             input: self.shape.clone(),
             output: vec![out, oh, ow],

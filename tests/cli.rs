@@ -41,6 +41,43 @@ fn describe_prints_the_layer_table_and_totals() {
 }
 
 #[test]
+fn describe_shows_mobilenetv2_with_its_depthwise_convs_and_58_weight_layers() {
+    let o = dsnn(&["describe", "--model", "mobilenetv2", "--shift-depth", "54"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(text.contains("the last 54 of 58 weight layers are shift layers"));
+    assert!(text.contains("2,296,922"), "total parameters");
+    let depthwise: Vec<&str> = text.lines().filter(|l| l.contains("conv dw")).collect();
+    assert_eq!(depthwise.len(), 17);
+    // The first block's depthwise conv: one 3x3 filter per channel, float at depth 54.
+    let first = depthwise[0].split_whitespace().collect::<Vec<_>>();
+    assert_eq!(first[1], "layers.0.conv2");
+    assert_eq!(first[4], "32x1x3x3");
+    assert_eq!(first[7], "float");
+}
+
+#[test]
+fn describe_shows_efficientnet_b0_with_its_squeeze_and_excitation_convs() {
+    let o = dsnn(&["describe", "--model", "efficientnet-b0", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["model"], "efficientnet-b0");
+    assert_eq!(v["totals"]["weight_layers"], 84);
+    assert_eq!(v["totals"]["params"], 2_912_089);
+    let se = v["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "layers.0.fc1")
+        .unwrap();
+    assert_eq!(se["input"], serde_json::json!([16, 1, 1]));
+    assert_eq!(
+        (se["groups"].as_u64(), se["bias"].as_bool()),
+        (Some(1), Some(true))
+    );
+}
+
+#[test]
 fn describe_json_is_machine_readable() {
     let o = dsnn(&[
         "describe",

@@ -296,6 +296,35 @@ fn count_shift_layers(net: &Network) -> usize {
                 + dense(&r.fc)
         }
         Network::SmallCnn(m) => conv(&m.conv1) + conv(&m.conv2) + dense(&m.fc1) + dense(&m.fc2),
+        Network::MobileNetV2(m) => {
+            conv(&m.conv1)
+                + m.blocks
+                    .iter()
+                    .map(|b| {
+                        conv(&b.conv1)
+                            + conv(&b.conv2)
+                            + conv(&b.conv3)
+                            + b.shortcut.as_ref().map_or(0, |s| conv(&s.conv))
+                    })
+                    .sum::<usize>()
+                + conv(&m.conv2)
+                + dense(&m.linear)
+        }
+        Network::EfficientNet(m) => {
+            conv(&m.conv1)
+                + m.blocks
+                    .iter()
+                    .map(|b| {
+                        conv(&b.body.conv1)
+                            + conv(&b.body.conv2)
+                            + conv(&b.body.conv3)
+                            + b.body.shortcut.as_ref().map_or(0, |s| conv(&s.conv))
+                            + conv(&b.fc1)
+                            + conv(&b.fc2)
+                    })
+                    .sum::<usize>()
+                + dense(&m.linear)
+        }
     }
 }
 
@@ -524,4 +553,126 @@ fn a_shift_layer_on_the_fused_cpu_convolution_matches_burns() {
 fn relative_max_difference(a: &[f32], b: &[f32]) -> f32 {
     let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
     a.iter().zip(b).fold(0f32, |m, (p, q)| m.max((p - q).abs())) / scale
+}
+
+#[test]
+fn a_depthwise_shift_conv_is_burns_grouped_conv_of_the_quantized_weight() {
+    // Depthwise (groups = channels) and grouped, Q and PS, strided, on the fused CPU path and
+    // on burn's: the layer computes burn's grouped conv of the fixed-point input and its
+    // quantized weight [out, in / groups, k, k].
+    use burn::tensor::module::conv2d;
+    use burn::tensor::ops::ConvOptions;
+    use dsnn_hpo::shift::cpu_conv;
+    let _rng = rng_lock();
+    let device = Device::flex().autodiff();
+    device.seed(7);
+    for (kind, [cin, cout], groups, stride) in [
+        (ShiftKind::Q, [6, 6], 6, 1),
+        (ShiftKind::Ps, [6, 6], 6, 2),
+        (ShiftKind::Q, [4, 6], 2, 2),
+        (ShiftKind::Ps, [6, 12], 3, 1),
+    ] {
+        let mut s = settings(kind, 5);
+        s.rounding = DET;
+        let layer = ShiftConv2dConfig::new([cin, cout], 3, s)
+            .with_stride(stride)
+            .with_padding(1)
+            .with_bias(true)
+            .with_groups(groups)
+            .init(&device);
+        let w = layer.quantized_weight();
+        assert_eq!(w.dims(), [cout, cin / groups, 3, 3]);
+        let bias = layer.bias.as_ref().map(|b| fixed_point(b.val(), 8, 6));
+        let x = Tensor::<4>::random(
+            [2, cin, 7, 7],
+            burn::tensor::Distribution::Normal(0.0, 2.0),
+            &device,
+        );
+        let options = ConvOptions::new([stride, stride], [1, 1], [1, 1], groups);
+        // burn's grouped conv with the layer's own quantizers in front: output and gradients.
+        let run = |fused: bool, by_hand: bool| {
+            cpu_conv::set_enabled(fused);
+            let x = x.clone().require_grad();
+            let y = if by_hand {
+                conv2d(
+                    fixed_point(x.clone(), 8, 6),
+                    layer.quantized_weight(),
+                    bias.clone(),
+                    options.clone(),
+                )
+            } else {
+                layer.forward(x.clone())
+            };
+            let grads = (y.clone() * y.clone()).sum().backward();
+            cpu_conv::set_enabled(true);
+            let gw = match &layer.params {
+                dsnn_hpo::shift::layer::ShiftParams::Q(w) => w.grad(&grads).unwrap(),
+                dsnn_hpo::shift::layer::ShiftParams::Ps(p) => p.shift.grad(&grads).unwrap(),
+            };
+            (vals(y.inner()), vals(x.grad(&grads).unwrap()), vals(gw))
+        };
+        let expected = run(false, true);
+        for fused in [true, false] {
+            let got = run(fused, false);
+            for (what, a, b) in [
+                ("output", &got.0, &expected.0),
+                ("input gradient", &got.1, &expected.1),
+                ("weight gradient", &got.2, &expected.2),
+            ] {
+                let d = relative_max_difference(a, b);
+                assert!(
+                    d < 1e-5,
+                    "{kind:?} groups {groups} stride {stride} fused {fused}: {what} differs by {d:e}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn an_exported_depthwise_conv_reproduces_the_eval_forward_exactly() {
+    let _rng = rng_lock();
+    let device = cpu().autodiff();
+    for kind in [ShiftKind::Q, ShiftKind::Ps] {
+        for bits in [2, 5, 8] {
+            device.seed(9);
+            let conv = ShiftConv2dConfig::new([8, 8], 3, settings(kind, bits))
+                .with_stride(2)
+                .with_padding(1)
+                .with_groups(8)
+                .init(&device);
+            let x = Tensor::<4>::random(
+                [2, 8, 6, 6],
+                burn::tensor::Distribution::Normal(0.0, 2.0),
+                &cpu(),
+            );
+            let exported = conv.export().unwrap();
+            assert_eq!(exported.weights.shape, vec![8, 1, 3, 3]);
+            assert_eq!(exported.groups, 8);
+            let a = vals(conv.valid().forward(x.clone()));
+            let b = vals(exported.forward(x).unwrap());
+            assert_eq!(a, b, "depthwise {kind} {bits} bits");
+        }
+    }
+}
+
+#[test]
+fn an_exported_conv_whose_groups_do_not_fit_its_input_is_an_error() {
+    let _rng = rng_lock();
+    let device = cpu();
+    let conv = ShiftConv2dConfig::new([8, 8], 3, settings(ShiftKind::Ps, 5))
+        .with_groups(8)
+        .init(&device);
+    let mut exported = conv.export().unwrap();
+    let x = Tensor::<4>::zeros([1, 8, 4, 4], &device);
+    for groups in [0, 3, 4] {
+        exported.groups = groups;
+        let err = exported.forward(x.clone()).unwrap_err().to_string();
+        assert!(err.contains(&format!("{groups} groups")), "{err}");
+    }
+    // A layer stored before groups existed reads as ungrouped.
+    let mut json = serde_json::to_value(&exported).unwrap();
+    json.as_object_mut().unwrap().remove("groups");
+    let old: dsnn_hpo::shift::layer::ExportedShiftConv2d = serde_json::from_value(json).unwrap();
+    assert_eq!(old.groups, 1);
 }

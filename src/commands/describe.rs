@@ -11,7 +11,8 @@ use crate::shift::{Rounding, ShiftKind, ShiftSettings};
 
 #[derive(Debug, Args)]
 pub struct DescribeArgs {
-    /// Backbone: resnet20, resnet32, resnet44, resnet56 or small-cnn.
+    /// Backbone: resnet20, resnet32, resnet44, resnet56, small-cnn, mobilenetv2 or
+    /// efficientnet-b0.
     #[arg(long, default_value = "resnet20")]
     pub model: String,
     /// Weight layers (conv and linear) converted to shift layers, counted from the output end;
@@ -33,7 +34,7 @@ pub struct DescribeArgs {
     /// Fraction bits of the fixed-point activations of shift layers, 1..=32.
     #[arg(long, default_value = "16", allow_negative_numbers = true)]
     pub activation_fraction_bits: i64,
-    /// Input shape CxHxW; default 3x32x32 for the ResNets, 1x28x28 for small-cnn.
+    /// Input shape CxHxW; default 1x28x28 for small-cnn, 3x32x32 for the others.
     #[arg(long)]
     pub input: Option<String>,
     /// Number of classes.
@@ -189,9 +190,17 @@ fn write_table(spec: &NetSpec, t: &Totals, out: &mut dyn Write) -> std::io::Resu
         )?;
     }
     writeln!(out)?;
+    // MobileNetV2's names ("layers.16.shortcut.0") are longer than the ResNets'.
+    let name_width = spec
+        .layers
+        .iter()
+        .map(|l| l.name.len())
+        .max()
+        .unwrap_or(0)
+        .max(16);
     writeln!(
         out,
-        "{:>3}  {:<16} {:<9} {:<16} {:<10} {:<10} {:<6} {:>9} {:>12}",
+        "{:>3}  {:<name_width$} {:<9} {:<16} {:<10} {:<10} {:<6} {:>9} {:>12}",
         "#", "layer", "kind", "weight shape", "input", "output", "type", "params", "MACs/img"
     )?;
     for (i, l) in spec.layers.iter().enumerate() {
@@ -200,8 +209,9 @@ fn write_table(spec: &NetSpec, t: &Totals, out: &mut dyn Write) -> std::io::Resu
                 in_channels,
                 out_channels,
                 kernel,
+                groups,
                 ..
-            } => shape(&[out_channels, in_channels, kernel, kernel]),
+            } => shape(&[out_channels, in_channels / groups.max(1), kernel, kernel]),
             LayerKind::Linear {
                 in_features,
                 out_features,
@@ -210,12 +220,26 @@ fn write_table(spec: &NetSpec, t: &Totals, out: &mut dyn Write) -> std::io::Resu
             LayerKind::BatchNorm { features } => shape(&[features]),
         };
         let kind = if l.shift { "shift" } else { "float" };
+        let what = match l.kind {
+            LayerKind::Conv {
+                in_channels,
+                groups,
+                ..
+            } if groups > 1 => {
+                if groups == in_channels {
+                    "conv dw".to_string()
+                } else {
+                    format!("conv g{groups}")
+                }
+            }
+            _ => l.kind.short_name().to_string(),
+        };
         writeln!(
             out,
-            "{:>3}  {:<16} {:<9} {:<16} {:<10} {:<10} {:<6} {:>9} {:>12}",
+            "{:>3}  {:<name_width$} {:<9} {:<16} {:<10} {:<10} {:<6} {:>9} {:>12}",
             i,
             l.name,
-            l.kind.short_name(),
+            what,
             wshape,
             shape(&l.input),
             shape(&l.output),

@@ -546,3 +546,36 @@ impl Evaluator for DsnnObjective<'_> {
             .map_err(|e| EvalError::Other(e.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::Backbone;
+
+    #[test]
+    fn the_shift_depth_bound_is_the_networks_weight_layer_count() {
+        // As the run wires it (search/wiring.rs): the table of the configured model.
+        for (model, layers) in [
+            (Backbone::Resnet20, 20.0),
+            (Backbone::Mobilenetv2, 58.0),
+            (Backbone::EfficientnetB0, 84.0),
+        ] {
+            let base = TrainConfig {
+                model,
+                ..TrainConfig::default()
+            };
+            let spec = base.net_spec([3, 32, 32], 10).unwrap();
+            let space = dsnn_space(spec.totals().weight_layers, &base).unwrap();
+            let depth = space
+                .specs()
+                .iter()
+                .find(|p| p.name == "shift_depth")
+                .unwrap();
+            assert_eq!(
+                (depth.low, depth.high),
+                (Some(1.0), Some(layers)),
+                "{model}"
+            );
+        }
+    }
+}

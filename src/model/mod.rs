@@ -12,9 +12,13 @@ use crate::shift::cpu_conv::{Conv2dParams, conv2d_auto};
 use crate::shift::layer::{ShiftConv2d, ShiftConv2dConfig, ShiftLinear, ShiftLinearConfig};
 
 pub mod batch_norm;
+mod efficientnet;
+mod mobilenetv2;
 mod resnet;
 mod small_cnn;
 
+pub use efficientnet::{EfficientNet, SeBlock};
+pub use mobilenetv2::{InvertedResidual, MobileNetV2, Shortcut};
 pub use resnet::{BasicBlock, ResNet};
 pub use small_cnn::SmallCnn;
 
@@ -34,6 +38,7 @@ impl ConvLayer {
             stride,
             padding,
             bias,
+            groups,
         } = spec.kind
         else {
             unreachable_spec(spec, "conv")
@@ -44,6 +49,7 @@ impl ConvLayer {
                     .with_stride(stride)
                     .with_padding(padding)
                     .with_bias(bias)
+                    .with_groups(groups)
                     .init(device),
             )
         } else {
@@ -54,6 +60,7 @@ impl ConvLayer {
                         padding, padding, padding, padding,
                     ))
                     .with_bias(bias)
+                    .with_groups(groups)
                     .init(device),
             )
         }
@@ -62,15 +69,15 @@ impl ConvLayer {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         match self {
             ConvLayer::Float(c) => match c.padding {
-                // The layers `from_spec` builds: explicit symmetric padding, no groups or dilation.
+                // The layers `from_spec` builds: explicit symmetric padding, no dilation.
                 PaddingConfig2d::Explicit(top, left, bottom, right)
-                    if top == bottom && left == right && c.groups == 1 && c.dilation == [1, 1] =>
+                    if top == bottom && left == right && c.dilation == [1, 1] =>
                 {
                     conv2d_auto(
                         x,
                         c.weight.val(),
                         c.bias.as_ref().map(|b| b.val()),
-                        Conv2dParams::new(c.stride, [top, left], 1),
+                        Conv2dParams::new(c.stride, [top, left], c.groups),
                     )
                 }
                 _ => c.forward(x),
@@ -183,6 +190,8 @@ fn panic_end(wanted: &str) -> ! {
 pub enum Network {
     ResNet(ResNet),
     SmallCnn(SmallCnn),
+    MobileNetV2(MobileNetV2),
+    EfficientNet(EfficientNet),
 }
 
 impl Network {
@@ -191,6 +200,10 @@ impl Network {
         let mut cursor = SpecCursor::new(spec);
         match spec.model {
             Backbone::SmallCnn => Network::SmallCnn(SmallCnn::init(&mut cursor, device)),
+            Backbone::Mobilenetv2 => Network::MobileNetV2(MobileNetV2::init(&mut cursor, device)),
+            Backbone::EfficientnetB0 => {
+                Network::EfficientNet(EfficientNet::init(&mut cursor, device))
+            }
             _ => Network::ResNet(ResNet::init(&mut cursor, device)),
         }
     }
@@ -207,6 +220,8 @@ impl Network {
         match self {
             Network::ResNet(m) => m.forward_with(x, laps),
             Network::SmallCnn(m) => m.forward_with(x, laps),
+            Network::MobileNetV2(m) => m.forward_with(x, laps),
+            Network::EfficientNet(m) => m.forward_with(x, laps),
         }
     }
 }

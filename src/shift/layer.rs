@@ -164,8 +164,8 @@ pub fn unpack_tensor<const D: usize>(
     ))
 }
 
-/// Configuration of a [`ShiftConv2d`]; square kernels, symmetric padding, no groups (what
-/// DeepShift's ResNets use).
+/// Configuration of a [`ShiftConv2d`]; square kernels, symmetric padding, optional channel
+/// groups (MobileNetV2's depthwise convs).
 #[derive(Debug, Clone)]
 pub struct ShiftConv2dConfig {
     pub channels: [usize; 2],
@@ -173,6 +173,8 @@ pub struct ShiftConv2dConfig {
     pub stride: usize,
     pub padding: usize,
     pub bias: bool,
+    /// Channel groups; both channel counts must be multiples of it.
+    pub groups: usize,
     pub settings: ShiftSettings,
 }
 
@@ -184,8 +186,15 @@ impl ShiftConv2dConfig {
             stride: 1,
             padding: 0,
             bias: false,
+            groups: 1,
             settings,
         }
+    }
+
+    /// Splits the channels into `groups` groups (`groups` = both channel counts: depthwise).
+    pub fn with_groups(mut self, groups: usize) -> Self {
+        self.groups = groups;
+        self
     }
 
     pub fn with_stride(mut self, stride: usize) -> Self {
@@ -206,8 +215,10 @@ impl ShiftConv2dConfig {
     pub fn init(&self, device: &Device) -> ShiftConv2d {
         let [cin, cout] = self.channels;
         let k = self.kernel_size;
-        let shape = [cout, cin, k, k];
-        let (fan_in, fan_out) = (cin * k * k, cout * k * k);
+        let groups = self.groups.max(1);
+        // Fans per group, as burn's and PyTorch's grouped convs compute them.
+        let shape = [cout, cin / groups, k, k];
+        let (fan_in, fan_out) = (cin / groups * k * k, cout / groups * k * k);
         let params = ShiftParams::init(
             &self.settings,
             shape,
@@ -223,6 +234,7 @@ impl ShiftConv2dConfig {
             bias,
             stride: self.stride,
             padding: self.padding,
+            groups,
             settings: self.settings,
             training: Param::from_bool(true),
         }
@@ -236,6 +248,7 @@ pub struct ShiftConv2d {
     pub bias: Option<Param<Tensor<1>>>,
     pub stride: usize,
     pub padding: usize,
+    pub groups: usize,
     #[module(skip)]
     pub settings: ShiftSettings,
     /// Turned off by `valid()`: evaluation rounds deterministically.
@@ -246,11 +259,15 @@ impl ShiftConv2d {
     /// The convolution, its input quantized to fixed point (folded into the fused op).
     fn params(&self) -> Conv2dParams {
         let s = &self.settings;
-        Conv2dParams::square(self.stride, self.padding)
-            .with_fixed_point_input(s.activation_integer_bits, s.activation_fraction_bits)
+        Conv2dParams::new(
+            [self.stride, self.stride],
+            [self.padding, self.padding],
+            self.groups,
+        )
+        .with_fixed_point_input(s.activation_integer_bits, s.activation_fraction_bits)
     }
 
-    /// The weight the forward pass uses, `[out, in, k, k]`.
+    /// The weight the forward pass uses, `[out, in / groups, k, k]`.
     pub fn quantized_weight(&self) -> Tensor<4> {
         let training = self.training.is_enabled();
         self.params.weight(&self.settings, training)
@@ -271,6 +288,7 @@ impl ShiftConv2d {
             bias: bias_values(&self.bias)?,
             stride: self.stride,
             padding: self.padding,
+            groups: self.groups,
             settings: self.settings,
         })
     }
@@ -283,7 +301,14 @@ pub struct ExportedShiftConv2d {
     pub bias: Option<Vec<f32>>,
     pub stride: usize,
     pub padding: usize,
+    /// Absent in layers exported before grouped convs: 1.
+    #[serde(default = "one")]
+    pub groups: usize,
     pub settings: ShiftSettings,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl ExportedShiftConv2d {
@@ -293,9 +318,22 @@ impl ExportedShiftConv2d {
         let device = input.device();
         let s = &self.settings;
         let w = unpack_tensor::<4>(&self.weights, &device)?;
+        let [cout, cin_group, _, _] = w.dims();
+        let cin = input.dims()[1];
+        if self.groups == 0 || cout % self.groups != 0 || cin_group * self.groups != cin {
+            return Err(SettingsError::Packed(format!(
+                "weights {:?} in {} groups do not fit an input of {cin} channels: expected \
+                 groups >= 1 dividing {cout} outputs, and {cin} = groups * {cin_group}",
+                self.weights.shape, self.groups
+            )));
+        }
         let bias = exported_bias(&self.bias, s, &device);
-        let params = Conv2dParams::square(self.stride, self.padding)
-            .with_fixed_point_input(s.activation_integer_bits, s.activation_fraction_bits);
+        let params = Conv2dParams::new(
+            [self.stride, self.stride],
+            [self.padding, self.padding],
+            self.groups,
+        )
+        .with_fixed_point_input(s.activation_integer_bits, s.activation_fraction_bits);
         Ok(conv2d_auto(input, w, bias, params))
     }
 }

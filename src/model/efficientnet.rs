@@ -1,0 +1,92 @@
+//! EfficientNet-B0 in the DeepShift fork's CIFAR form: MobileNetV2's inverted residual blocks,
+//! each followed by a squeeze-and-excitation (global average, 1x1 conv, ReLU, 1x1 conv,
+//! sigmoid) that scales the block output before the shortcut is added, then global average
+//! pooling and a linear classifier. The layer table sets every size and stride.
+
+use burn::module::Module;
+use burn::nn::BatchNorm;
+use burn::tensor::activation::{relu, sigmoid};
+use burn::tensor::{Device, Tensor};
+
+use super::batch_norm::batch_norm_auto;
+use super::mobilenetv2::InvertedResidual;
+use super::{ConvLayer, DenseLayer, Laps, SpecCursor};
+use crate::arch::LayerKind;
+
+#[derive(Module, Debug)]
+pub struct SeBlock {
+    pub body: InvertedResidual,
+    /// Squeeze: `out -> out / 16` channels on the pooled map.
+    pub fc1: ConvLayer,
+    /// Excite: back to `out` channels, then a sigmoid gate per channel.
+    pub fc2: ConvLayer,
+}
+
+impl SeBlock {
+    fn init(cursor: &mut SpecCursor<'_>, device: &Device) -> Self {
+        Self {
+            body: InvertedResidual::init(cursor, device),
+            fc1: cursor.conv(device),
+            fc2: cursor.conv(device),
+        }
+    }
+
+    /// The fork's `out * w + shortcut`, where a strided block's "shortcut" is its own
+    /// (unscaled) output.
+    pub fn forward_with(&self, x: Tensor<4>, laps: &mut impl Laps) -> Tensor<4> {
+        let out = self.body.main_path(x.clone(), laps);
+        let shortcut = if self.body.residual {
+            self.body.shortcut_path(x, laps)
+        } else {
+            out.clone()
+        };
+        let w = laps.other(out.clone().mean_dims(&[2, 3]));
+        let w = laps.layer(self.fc1.forward(w));
+        let w = laps.other(relu(w));
+        let w = laps.layer(self.fc2.forward(w));
+        laps.other(out * sigmoid(w) + shortcut)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct EfficientNet {
+    pub conv1: ConvLayer,
+    pub bn1: BatchNorm,
+    pub blocks: Vec<SeBlock>,
+    pub linear: DenseLayer,
+}
+
+impl EfficientNet {
+    pub(super) fn init(cursor: &mut SpecCursor<'_>, device: &Device) -> Self {
+        let conv1 = cursor.conv(device);
+        let bn1 = cursor.bn(device);
+        // One depthwise conv per block.
+        let blocks = cursor
+            .layers
+            .clone()
+            .filter(|l| matches!(l.kind, LayerKind::Conv { groups, .. } if groups > 1))
+            .count();
+        let blocks = (0..blocks).map(|_| SeBlock::init(cursor, device)).collect();
+        Self {
+            conv1,
+            bn1,
+            blocks,
+            linear: cursor.dense(device),
+        }
+    }
+
+    /// # Shapes
+    /// - input `[batch, channels, height, width]`, output logits `[batch, classes]`.
+    pub fn forward_with(&self, x: Tensor<4>, laps: &mut impl Laps) -> Tensor<2> {
+        let x = laps.layer(self.conv1.forward(x));
+        let x = laps.layer(batch_norm_auto(&self.bn1, x));
+        let mut x = laps.other(relu(x));
+        for block in &self.blocks {
+            x = block.forward_with(x, laps);
+        }
+        // Global average pooling: the fork's flatten at 32x32 (a 1x1 map), any size here.
+        let [b, c, _, _] = x.dims();
+        let x = laps.other(x.mean_dims(&[2, 3]).reshape([b, c]));
+        laps.layer(self.linear.forward(x))
+    }
+}
