@@ -868,6 +868,16 @@ mod tests {
                 assert_eq!(net.totals().params, params, "{model} at {hw}");
             }
         }
+        // Caltech101's 101 classes at 224x224: only the linear layer grows (512 x 101 + 101).
+        let caltech = NetSpec::build(
+            Backbone::Vgg19,
+            InputShape::new(3, 224, 224),
+            101,
+            ShiftSettings::default(),
+            0,
+        )
+        .unwrap();
+        assert_eq!(caltech.totals().params, 20_081_701);
         let small = NetSpec::build(
             Backbone::Vgg19,
             InputShape::new(3, 15, 32),
