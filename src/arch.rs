@@ -257,7 +257,9 @@ pub struct Totals {
     pub shift_adds: u64,
     /// Batch-norm multiply-adds (float, outside the weight layers).
     pub norm_ops: u64,
-    /// Pooling compares and adds (float, no multiply).
+    /// Pooling compares and adds (float, no multiply); absent in records written before
+    /// pooling had rows.
+    #[serde(default)]
     pub pool_ops: u64,
     pub bias_adds: u64,
 }
@@ -285,10 +287,10 @@ impl NetSpec {
             });
         }
         let mut b = Builder::new(input);
-        match model.blocks_per_stage() {
-            _ if model == Backbone::Vgg19 => vgg19(&mut b, num_classes),
-            _ if model == Backbone::Googlenet => googlenet(&mut b, num_classes),
-            Some(n) => {
+        match (model, model.blocks_per_stage()) {
+            (Backbone::Vgg19, _) => vgg19(&mut b, num_classes),
+            (Backbone::Googlenet, _) => googlenet(&mut b, num_classes),
+            (_, Some(n)) => {
                 b.conv("conv1", 16, 3, 1, 1, false);
                 b.bn("bn1");
                 for (stage, width) in [16usize, 32, 64].into_iter().enumerate() {
@@ -304,7 +306,7 @@ impl NetSpec {
                 b.global_pool();
                 b.linear("fc", num_classes, true);
             }
-            None => {
+            (_, None) => {
                 b.conv("conv1", 16, 3, 1, 1, false);
                 b.bn("bn1");
                 b.max_pool2();
@@ -451,17 +453,17 @@ fn vgg19(b: &mut Builder, num_classes: usize) {
 /// kuangliu's version); pool projection.
 type InceptionWidths = (usize, usize, usize, usize, usize, usize);
 
-/// GoogLeNet's Inception modules in order, with a 3x3 stride-2 max pool after b3 and e4.
-const GOOGLENET_MODULES: [(&str, InceptionWidths); 9] = [
-    ("a3", (64, 96, 128, 16, 32, 32)),
-    ("b3", (128, 128, 192, 32, 96, 64)),
-    ("a4", (192, 96, 208, 16, 48, 64)),
-    ("b4", (160, 112, 224, 24, 64, 64)),
-    ("c4", (128, 128, 256, 24, 64, 64)),
-    ("d4", (112, 144, 288, 32, 64, 64)),
-    ("e4", (256, 160, 320, 32, 128, 128)),
-    ("a5", (256, 160, 320, 32, 128, 128)),
-    ("b5", (384, 192, 384, 48, 128, 128)),
+/// GoogLeNet's Inception modules in order, each with whether a 3x3 stride-2 max pool follows.
+const GOOGLENET_MODULES: [(&str, InceptionWidths, bool); 9] = [
+    ("a3", (64, 96, 128, 16, 32, 32), false),
+    ("b3", (128, 128, 192, 32, 96, 64), true),
+    ("a4", (192, 96, 208, 16, 48, 64), false),
+    ("b4", (160, 112, 224, 24, 64, 64), false),
+    ("c4", (128, 128, 256, 24, 64, 64), false),
+    ("d4", (112, 144, 288, 32, 64, 64), false),
+    ("e4", (256, 160, 320, 32, 128, 128), true),
+    ("a5", (256, 160, 320, 32, 128, 128), false),
+    ("b5", (384, 192, 384, 48, 128, 128), false),
 ];
 
 /// GoogLeNet: every conv has a bias and is followed by BN and ReLU. The rows of one Inception
@@ -473,7 +475,7 @@ fn googlenet(b: &mut Builder, num_classes: usize) {
     b.conv("pre.conv", 192, 3, 1, 1, true);
     b.bn("pre.bn");
     let mut pools = 0;
-    for (name, (n1, r3, n3, r5, n5, np)) in GOOGLENET_MODULES {
+    for (name, (n1, r3, n3, r5, n5, np), pool_after) in GOOGLENET_MODULES {
         let input = b.shape.clone();
         let mut outs = Vec::with_capacity(4);
         b.conv(&format!("{name}.b1.conv"), n1, 1, 1, 0, true);
@@ -496,7 +498,7 @@ fn googlenet(b: &mut Builder, num_classes: usize) {
         b.bn(&format!("{name}.b4.bn"));
         outs.push(b.shape.clone());
         b.concat(&outs);
-        if name == "b3" || name == "e4" {
+        if pool_after {
             pools += 1;
             b.max_pool(&format!("maxpool{pools}"), 3, 2, 1);
         }
