@@ -34,10 +34,15 @@ pub enum Backbone {
     /// [`efficientnet`].
     #[serde(rename = "efficientnet-b0")]
     EfficientnetB0,
+    /// VGG19 with batch norm as the authors' fork builds it for CIFAR: 16 bias-free 3x3 convs
+    /// with batch norm, four 2x2 max pools, average pooling, one linear layer.
+    Vgg19,
+    /// The CIFAR GoogLeNet of the fork (kuangliu's): a 3x3 stem and nine Inception modules.
+    Googlenet,
 }
 
 impl Backbone {
-    pub const ALL: [Backbone; 7] = [
+    pub const ALL: [Backbone; 9] = [
         Backbone::Resnet20,
         Backbone::Resnet32,
         Backbone::Resnet44,
@@ -45,6 +50,8 @@ impl Backbone {
         Backbone::SmallCnn,
         Backbone::Mobilenetv2,
         Backbone::EfficientnetB0,
+        Backbone::Vgg19,
+        Backbone::Googlenet,
     ];
 
     pub fn name(self) -> &'static str {
@@ -56,6 +63,8 @@ impl Backbone {
             Backbone::SmallCnn => "small-cnn",
             Backbone::Mobilenetv2 => "mobilenetv2",
             Backbone::EfficientnetB0 => "efficientnet-b0",
+            Backbone::Vgg19 => "vgg19",
+            Backbone::Googlenet => "googlenet",
         }
     }
 
@@ -66,7 +75,16 @@ impl Backbone {
             Backbone::Resnet32 => Some(5),
             Backbone::Resnet44 => Some(7),
             Backbone::Resnet56 => Some(9),
-            Backbone::SmallCnn | Backbone::Mobilenetv2 | Backbone::EfficientnetB0 => None,
+            _ => None,
+        }
+    }
+
+    /// Smallest input height and width the backbone accepts: VGG19's four 2x2 max pools need
+    /// 16 pixels to leave one; the others halve at most twice (4).
+    pub fn min_input(self) -> usize {
+        match self {
+            Backbone::Vgg19 => 16,
+            _ => 4,
         }
     }
 }
@@ -91,7 +109,7 @@ impl FromStr for Backbone {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ArchError {
     #[error(
-        "unknown model '{0}': expected one of resnet20, resnet32, resnet44, resnet56, small-cnn, mobilenetv2, efficientnet-b0"
+        "unknown model '{0}': expected one of resnet20, resnet32, resnet44, resnet56, small-cnn, mobilenetv2, efficientnet-b0, vgg19, googlenet"
     )]
     UnknownModel(String),
     #[error("invalid input shape '{0}': expected CxHxW with positive integers, e.g. 3x32x32")]
@@ -150,7 +168,8 @@ impl FromStr for InputShape {
     }
 }
 
-/// What a layer computes. Only `Conv` and `Linear` carry weights that can become shifts.
+/// What a layer computes. Only `Conv` and `Linear` carry weights that can become shifts;
+/// batch norm and pooling are rows so that the op-count energy model counts them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum LayerKind {
@@ -174,6 +193,14 @@ pub enum LayerKind {
     BatchNorm {
         features: usize,
     },
+    /// Max pooling over square windows (padding never wins the max).
+    MaxPool {
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    },
+    /// Average over the whole height and width: (C, H, W) to (C).
+    GlobalAvgPool,
 }
 
 fn one() -> usize {
@@ -186,11 +213,17 @@ impl LayerKind {
             LayerKind::Conv { .. } => "conv",
             LayerKind::Linear { .. } => "linear",
             LayerKind::BatchNorm { .. } => "batchnorm",
+            LayerKind::MaxPool { .. } => "maxpool",
+            LayerKind::GlobalAvgPool => "avgpool",
         }
     }
 
     pub fn is_weight_layer(&self) -> bool {
-        !matches!(self, LayerKind::BatchNorm { .. })
+        matches!(self, LayerKind::Conv { .. } | LayerKind::Linear { .. })
+    }
+
+    pub fn is_pool(&self) -> bool {
+        matches!(self, LayerKind::MaxPool { .. } | LayerKind::GlobalAvgPool)
     }
 }
 
@@ -209,7 +242,10 @@ pub struct LayerSpec {
     pub weights: u64,
     pub biases: u64,
     /// Multiply-accumulates per image: float MACs for float layers, shift-adds for shift
-    /// layers; for batch norm, one multiply-add per element (scale and shift at inference).
+    /// layers; for batch norm, one multiply-add per element (scale and shift at inference); for
+    /// pooling, one float compare (max) or add (average) per window element of each output, the
+    /// padded ones included, with no multiply (the average's 1/window scale is left out: at
+    /// inference it folds into the next linear layer).
     pub macs: u64,
 }
 
@@ -243,6 +279,10 @@ pub struct Totals {
     pub shift_adds: u64,
     /// Batch-norm multiply-adds (float, outside the weight layers).
     pub norm_ops: u64,
+    /// Pooling compares and adds (float, no multiply); absent in records written before
+    /// pooling had rows.
+    #[serde(default)]
+    pub pool_ops: u64,
     pub bias_adds: u64,
 }
 
@@ -259,19 +299,23 @@ impl NetSpec {
         if num_classes < 2 {
             return Err(ArchError::BadClasses(num_classes));
         }
-        // The ResNets and the small CNN halve the resolution twice; MobileNetV2's 3x3 convs
-        // (padding 1) and global pool take any size, as do EfficientNet-B0's.
-        if input.height < 4 || input.width < 4 {
+        // The ResNets and the small CNN halve the resolution twice; MobileNetV2's and
+        // EfficientNet-B0's 3x3 convs (padding 1) and global pool take any size; VGG19 pools
+        // four times.
+        let min = model.min_input();
+        if input.height < min || input.width < min {
             return Err(ArchError::InputTooSmall {
                 model,
                 h: input.height,
                 w: input.width,
-                min: 4,
+                min,
             });
         }
         let mut b = Builder::new(input);
-        match model.blocks_per_stage() {
-            Some(n) => {
+        match (model, model.blocks_per_stage()) {
+            (Backbone::Vgg19, _) => vgg19(&mut b, num_classes),
+            (Backbone::Googlenet, _) => googlenet(&mut b, num_classes),
+            (_, Some(n)) => {
                 b.conv("conv1", 16, 3, 1, 1, false);
                 b.bn("bn1");
                 for (stage, width) in [16usize, 32, 64].into_iter().enumerate() {
@@ -287,9 +331,9 @@ impl NetSpec {
                 b.global_pool();
                 b.linear("fc", num_classes, true);
             }
-            None if model == Backbone::Mobilenetv2 => mobilenetv2::layers(&mut b, num_classes),
-            None if model == Backbone::EfficientnetB0 => efficientnet::layers(&mut b, num_classes),
-            None => {
+            (Backbone::Mobilenetv2, _) => mobilenetv2::layers(&mut b, num_classes),
+            (Backbone::EfficientnetB0, _) => efficientnet::layers(&mut b, num_classes),
+            (_, None) => {
                 b.conv("conv1", 16, 3, 1, 1, false);
                 b.bn("bn1");
                 b.max_pool2();
@@ -343,7 +387,8 @@ impl NetSpec {
     }
 
     /// Per-layer operation counts for the op-count energy model. Batch norm counts as a float
-    /// layer of one multiply-add per element whose "weights" are its scale and shift.
+    /// layer of one multiply-add per element whose "weights" are its scale and shift; pooling
+    /// as float adds only (its compares and adds, see [`LayerSpec::macs`]), with no weights.
     pub fn layer_counts(&self) -> Vec<crate::energy::LayerCount> {
         let elems = |d: &[usize]| d.iter().map(|&x| x as u64).product::<u64>();
         self.layers
@@ -352,7 +397,8 @@ impl NetSpec {
                 name: l.name.clone(),
                 shift: l.shift,
                 weight_bits: if l.shift { self.shift.weight_bits } else { 32 },
-                macs: l.macs,
+                macs: if l.kind.is_pool() { 0 } else { l.macs },
+                float_adds: if l.kind.is_pool() { l.macs } else { 0 },
                 params: l.weights + if l.shift { 0 } else { l.biases },
                 bias_adds: if l.biases > 0 && l.kind.is_weight_layer() {
                     elems(&l.output)
@@ -374,6 +420,7 @@ impl NetSpec {
             float_macs: 0,
             shift_adds: 0,
             norm_ops: 0,
+            pool_ops: 0,
             bias_adds: 0,
         };
         for l in &self.layers {
@@ -382,7 +429,8 @@ impl NetSpec {
             t.trainable += if ps { 2 * l.weights } else { l.weights } + l.biases;
             match l.kind {
                 LayerKind::BatchNorm { .. } => t.norm_ops += l.macs,
-                _ => {
+                LayerKind::MaxPool { .. } | LayerKind::GlobalAvgPool => t.pool_ops += l.macs,
+                LayerKind::Conv { .. } | LayerKind::Linear { .. } => {
                     t.weight_layers += 1;
                     let out: u64 = l.output.iter().map(|&d| d as u64).product();
                     if l.biases > 0 {
@@ -403,6 +451,88 @@ impl NetSpec {
 
 /// Hidden width of the small CNN's first linear layer.
 pub const SMALL_CNN_HIDDEN: usize = 64;
+
+/// VGG19's feature layers: conv widths, 0 = a 2x2 max pool. Four pools, not kuangliu's five:
+/// the fork's `cifar10_models/vgg.py` ends on a 2x2 map that an average pool reduces.
+const VGG19_CFG: [usize; 20] = [
+    64, 64, 0, 128, 128, 0, 256, 256, 256, 256, 0, 512, 512, 512, 512, 0, 512, 512, 512, 512,
+];
+
+/// VGG19 with batch norm: bias-free 3x3 convs, BN, ReLU; the fork's final `AvgPool2d(2)` (a 2x2
+/// map at 32x32) is a global average pool here, so larger inputs keep the 512-feature linear.
+fn vgg19(b: &mut Builder, num_classes: usize) {
+    let (mut conv, mut pool) = (0, 0);
+    for width in VGG19_CFG {
+        if width == 0 {
+            pool += 1;
+            b.max_pool(&format!("pool{pool}"), 2, 2, 0);
+        } else {
+            conv += 1;
+            b.conv(&format!("conv{conv}"), width, 3, 1, 1, false);
+            b.bn(&format!("bn{conv}"));
+        }
+    }
+    b.global_avg_pool("avgpool");
+    b.linear("classifier", num_classes, true);
+}
+
+/// An Inception module's widths: 1x1; 3x3 reduce, 3x3; "5x5" reduce, 5x5 (two 3x3 convs in
+/// kuangliu's version); pool projection.
+type InceptionWidths = (usize, usize, usize, usize, usize, usize);
+
+/// GoogLeNet's Inception modules in order, each with whether a 3x3 stride-2 max pool follows.
+const GOOGLENET_MODULES: [(&str, InceptionWidths, bool); 9] = [
+    ("a3", (64, 96, 128, 16, 32, 32), false),
+    ("b3", (128, 128, 192, 32, 96, 64), true),
+    ("a4", (192, 96, 208, 16, 48, 64), false),
+    ("b4", (160, 112, 224, 24, 64, 64), false),
+    ("c4", (128, 128, 256, 24, 64, 64), false),
+    ("d4", (112, 144, 288, 32, 64, 64), false),
+    ("e4", (256, 160, 320, 32, 128, 128), true),
+    ("a5", (256, 160, 320, 32, 128, 128), false),
+    ("b5", (384, 192, 384, 48, 128, 128), false),
+];
+
+/// GoogLeNet: every conv has a bias and is followed by BN and ReLU. The rows of one Inception
+/// module are its four branches in turn (the fork's registration order, which is also the
+/// order its `convert_to_shift` walks backwards), each starting from the module's input; the
+/// branches' outputs are concatenated along channels. The fork's `AvgPool2d(8)` (an 8x8 map at
+/// 32x32) is a global average pool here.
+fn googlenet(b: &mut Builder, num_classes: usize) {
+    b.conv("pre.conv", 192, 3, 1, 1, true);
+    b.bn("pre.bn");
+    let mut pools = 0;
+    for (name, (n1, r3, n3, r5, n5, np), pool_after) in GOOGLENET_MODULES {
+        let input = b.shape.clone();
+        let mut outs = Vec::with_capacity(4);
+        b.conv(&format!("{name}.b1.conv"), n1, 1, 1, 0, true);
+        b.bn(&format!("{name}.b1.bn"));
+        outs.push(std::mem::replace(&mut b.shape, input.clone()));
+        b.conv(&format!("{name}.b2.conv1"), r3, 1, 1, 0, true);
+        b.bn(&format!("{name}.b2.bn1"));
+        b.conv(&format!("{name}.b2.conv2"), n3, 3, 1, 1, true);
+        b.bn(&format!("{name}.b2.bn2"));
+        outs.push(std::mem::replace(&mut b.shape, input.clone()));
+        b.conv(&format!("{name}.b3.conv1"), r5, 1, 1, 0, true);
+        b.bn(&format!("{name}.b3.bn1"));
+        b.conv(&format!("{name}.b3.conv2"), n5, 3, 1, 1, true);
+        b.bn(&format!("{name}.b3.bn2"));
+        b.conv(&format!("{name}.b3.conv3"), n5, 3, 1, 1, true);
+        b.bn(&format!("{name}.b3.bn3"));
+        outs.push(std::mem::replace(&mut b.shape, input));
+        b.max_pool(&format!("{name}.b4.pool"), 3, 1, 1);
+        b.conv(&format!("{name}.b4.conv"), np, 1, 1, 0, true);
+        b.bn(&format!("{name}.b4.bn"));
+        outs.push(b.shape.clone());
+        b.concat(&outs);
+        if pool_after {
+            pools += 1;
+            b.max_pool(&format!("maxpool{pools}"), 3, 2, 1);
+        }
+    }
+    b.global_avg_pool("avgpool");
+    b.linear("linear", num_classes, true);
+}
 
 /// Tracks the running activation shape while layers are appended.
 struct Builder {
@@ -474,6 +604,51 @@ impl Builder {
             biases: c as u64,
             macs: elems,
         });
+    }
+
+    /// A max-pool row: `kernel * kernel` compares per output element.
+    fn max_pool(&mut self, name: &str, kernel: usize, stride: usize, pad: usize) {
+        let (c, h, w) = (self.shape[0], self.shape[1], self.shape[2]);
+        let oh = (h + 2 * pad - kernel) / stride + 1;
+        let ow = (w + 2 * pad - kernel) / stride + 1;
+        self.layers.push(LayerSpec {
+            name: name.to_string(),
+            kind: LayerKind::MaxPool {
+                kernel,
+                stride,
+                padding: pad,
+            },
+            input: self.shape.clone(),
+            output: vec![c, oh, ow],
+            shift: false,
+            weights: 0,
+            biases: 0,
+            macs: (kernel * kernel * c * oh * ow) as u64,
+        });
+        self.shape = vec![c, oh, ow];
+    }
+
+    /// A global-average-pool row: one add per input element.
+    fn global_avg_pool(&mut self, name: &str) {
+        let c = self.shape[0];
+        self.layers.push(LayerSpec {
+            name: name.to_string(),
+            kind: LayerKind::GlobalAvgPool,
+            input: self.shape.clone(),
+            output: vec![c],
+            shift: false,
+            weights: 0,
+            biases: 0,
+            macs: self.shape.iter().map(|&d| d as u64).product(),
+        });
+        self.shape = vec![c];
+    }
+
+    /// Joins branch outputs (same height and width) along channels; no row, since a
+    /// concatenation computes nothing (each branch writes into its slice of the output).
+    fn concat(&mut self, branches: &[Vec<usize>]) {
+        let channels = branches.iter().map(|s| s[0]).sum();
+        self.shape = vec![channels, self.shape[1], self.shape[2]];
     }
 
     fn max_pool2(&mut self) {
@@ -613,5 +788,159 @@ mod tests {
             0,
         );
         assert!(matches!(small, Err(ArchError::InputTooSmall { .. })));
+    }
+
+    fn build(model: Backbone, input: InputShape, depth: usize) -> NetSpec {
+        NetSpec::build(model, input, 10, ShiftSettings::default(), depth).unwrap()
+    }
+
+    fn count(net: &NetSpec, f: impl Fn(&LayerKind) -> bool) -> usize {
+        net.layers.iter().filter(|l| f(&l.kind)).count()
+    }
+
+    fn is_conv(k: &LayerKind) -> bool {
+        matches!(k, LayerKind::Conv { .. })
+    }
+
+    fn is_linear(k: &LayerKind) -> bool {
+        matches!(k, LayerKind::Linear { .. })
+    }
+
+    #[test]
+    fn vgg19_matches_the_forks_parameter_and_layer_counts() {
+        // PyTorch, the fork's cifar10_models/vgg.py vgg19(): 20,035,018 parameters.
+        let net = build(Backbone::Vgg19, InputShape::new(3, 32, 32), 0);
+        assert_eq!((count(&net, is_conv), count(&net, is_linear)), (16, 1));
+        assert_eq!(net.totals().params, 20_035_018);
+        assert_eq!(count(&net, LayerKind::is_pool), 5);
+        // Four 2x2 pools take 32x32 to 2x2; the global average leaves 512 features.
+        let avg = &net.layers[net.layers.len() - 2];
+        assert_eq!(
+            (avg.input.clone(), avg.output.clone()),
+            (vec![512, 2, 2], vec![512])
+        );
+        assert!(
+            net.layers
+                .iter()
+                .all(|l| l.biases == 0 || !is_conv(&l.kind))
+        );
+    }
+
+    #[test]
+    fn googlenet_matches_the_forks_parameter_and_layer_counts() {
+        // PyTorch, the fork's cifar10_models/googlenet.py: 6,166,250 parameters.
+        let net = build(Backbone::Googlenet, InputShape::new(3, 32, 32), 0);
+        assert_eq!((count(&net, is_conv), count(&net, is_linear)), (64, 1));
+        assert_eq!(net.totals().params, 6_166_250);
+        // 9 branch pools, the two stride-2 pools, the global average.
+        assert_eq!(count(&net, LayerKind::is_pool), 12);
+        let find = |name: &str| net.layers.iter().find(|l| l.name == name).unwrap();
+        // Each branch starts from the module's input; the concatenation sums channels.
+        assert_eq!(find("a3.b4.pool").input, vec![192, 32, 32]);
+        assert_eq!(find("b3.b1.conv").input, vec![256, 32, 32]);
+        assert_eq!(find("maxpool1").output, vec![480, 16, 16]);
+        assert_eq!(find("a5.b1.conv").input, vec![832, 8, 8]);
+        assert_eq!(find("avgpool").input, vec![1024, 8, 8]);
+    }
+
+    #[test]
+    fn googlenet_depth_23_is_the_forks_shift_depth_22() {
+        // The fork's convert_to_shift walks modules backwards (an Inception's branches b4, b3,
+        // b2, b1) and always converts the linear layer: its 22 = the linear + 22 convs here.
+        let net = build(Backbone::Googlenet, InputShape::new(3, 32, 32), 23);
+        let shifted: Vec<&str> = net
+            .layers
+            .iter()
+            .filter(|l| l.shift)
+            .map(|l| l.name.as_str())
+            .collect();
+        assert_eq!(shifted.len(), 23);
+        assert_eq!(shifted[0], "d4.b4.conv");
+        assert!(
+            shifted[1..22]
+                .iter()
+                .all(|n| n.starts_with("e4.") || n.starts_with("a5.") || n.starts_with("b5."))
+        );
+        assert_eq!(shifted[22], "linear");
+        assert_eq!(
+            build(Backbone::Googlenet, InputShape::new(3, 32, 32), 999)
+                .totals()
+                .shift_layers,
+            65
+        );
+        assert_eq!(
+            build(Backbone::Vgg19, InputShape::new(3, 32, 32), 999)
+                .totals()
+                .shift_layers,
+            17
+        );
+    }
+
+    #[test]
+    fn pooling_rows_count_one_float_op_per_window_element() {
+        let net = build(Backbone::Vgg19, InputShape::new(3, 32, 32), 17);
+        let pool1 = net.layers.iter().find(|l| l.name == "pool1").unwrap();
+        assert_eq!(pool1.macs, 2 * 2 * 64 * 16 * 16);
+        assert!(!pool1.shift && pool1.params() == 0);
+        let counts = net.layer_counts();
+        let i = net.layers.iter().position(|l| l.name == "avgpool").unwrap();
+        let c = &counts[i];
+        assert_eq!(
+            (c.macs, c.float_adds, c.params, c.bias_adds),
+            (0, 512 * 2 * 2, 0, 0)
+        );
+        // Pooling stays float and out of the weight layers however deep the shift goes.
+        let t = net.totals();
+        assert_eq!(t.weight_layers, 17);
+        assert_eq!(
+            t.pool_ops,
+            4 * (64 * 256 + 128 * 64 + 256 * 16 + 512 * 4) + 2048
+        );
+        assert_eq!(t.float_macs, 0);
+        // GoogLeNet's 3x3 stride-1 branch pool counts its padded window elements.
+        let g = build(Backbone::Googlenet, InputShape::new(3, 32, 32), 0);
+        let p = g.layers.iter().find(|l| l.name == "a3.b4.pool").unwrap();
+        assert_eq!(p.macs, 9 * 192 * 32 * 32);
+    }
+
+    #[test]
+    fn larger_inputs_keep_the_parameter_count_and_small_ones_are_rejected() {
+        for (model, params) in [
+            (Backbone::Vgg19, 20_035_018),
+            (Backbone::Googlenet, 6_166_250),
+        ] {
+            for hw in [64, 224] {
+                let net = build(model, InputShape::new(3, hw, hw), 0);
+                assert_eq!(net.totals().params, params, "{model} at {hw}");
+            }
+        }
+        // Caltech101's 101 classes at 224x224: only the linear layer grows (512 x 101 + 101).
+        let caltech = NetSpec::build(
+            Backbone::Vgg19,
+            InputShape::new(3, 224, 224),
+            101,
+            ShiftSettings::default(),
+            0,
+        )
+        .unwrap();
+        assert_eq!(caltech.totals().params, 20_081_701);
+        let small = NetSpec::build(
+            Backbone::Vgg19,
+            InputShape::new(3, 15, 32),
+            10,
+            ShiftSettings::default(),
+            0,
+        );
+        assert_eq!(
+            small,
+            Err(ArchError::InputTooSmall {
+                model: Backbone::Vgg19,
+                h: 15,
+                w: 32,
+                min: 16
+            })
+        );
+        assert_eq!("VGG19".parse::<Backbone>(), Ok(Backbone::Vgg19));
+        assert_eq!("googlenet".parse::<Backbone>(), Ok(Backbone::Googlenet));
     }
 }

@@ -78,6 +78,39 @@ fn describe_shows_efficientnet_b0_with_its_squeeze_and_excitation_convs() {
 }
 
 #[test]
+fn describe_shows_googlenet_with_its_pooling_rows() {
+    let o = dsnn(&["describe", "--model", "googlenet", "--shift-depth", "23"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        text.contains("the last 23 of 65 weight layers are shift layers"),
+        "{text}"
+    );
+    assert!(text.contains("6,166,250"), "total parameters");
+    let kind_rows = |kind: &str| {
+        text.lines()
+            .filter(|l| l.split_whitespace().nth(2) == Some(kind))
+            .count()
+    };
+    assert_eq!(
+        (
+            kind_rows("conv"),
+            kind_rows("maxpool"),
+            kind_rows("avgpool")
+        ),
+        (64, 11, 1)
+    );
+    // The first stride-2 pool: 3x3 windows over 480x16x16 outputs.
+    assert!(
+        text.lines().any(|l| l.contains("maxpool1")
+            && l.contains("3x3/2/1")
+            && l.contains(&format!("{:>12}", "1,105,920"))),
+        "{text}"
+    );
+    assert!(text.contains("pool ops/img"), "{text}");
+}
+
+#[test]
 fn describe_json_is_machine_readable() {
     let o = dsnn(&[
         "describe",
@@ -118,6 +151,10 @@ fn describe_rejects_bad_arguments_with_a_clear_message() {
         ),
         (vec!["--shift-type", "z"], "unknown shift type 'z'"),
         (vec!["--input", "3x32"], "invalid input shape '3x32'"),
+        (
+            vec!["--model", "vgg19", "--input", "3x8x8"],
+            "input 8x8 is too small for vgg19: it needs at least 16x16 pixels",
+        ),
         (
             vec!["--activation-fraction-bits", "0"],
             "--activation-fraction-bits 0",

@@ -712,7 +712,7 @@ fn kinds_and_sizes_parse_from_toml() {
 
 #[test]
 fn the_shipped_caltech101_config_loads_a_caltech_folder() {
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/caltech101.toml");
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/caltech101-mobilenetv2.toml");
     let tmp = tempfile::tempdir().unwrap();
     caltech(tmp.path());
     let sets = [
@@ -722,8 +722,30 @@ fn the_shipped_caltech101_config_loads_a_caltech_folder() {
     ];
     let run = dsnn_hpo::config::RunConfig::load(&file, &sets).unwrap();
     assert_eq!(run.data.kind, DatasetKind::Caltech101);
+    assert_eq!(run.train.model.name(), "mobilenetv2");
+    assert_eq!((run.fidelity.min_epochs, run.fidelity.max_epochs), (2, 20));
     let data = run.data.load().unwrap();
     assert_eq!(data.dims(), [3, 8, 8]);
     assert_eq!(data.num_classes(), 4);
     assert_eq!(data.test.len(), 4);
+}
+
+#[test]
+fn the_shipped_tiny_imagenet_config_loads_a_tiny_imagenet_folder() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/tinyimagenet-resnet20.toml");
+    let tmp = tempfile::tempdir().unwrap();
+    tiny(tmp.path());
+    let sets = [
+        format!("data.path={}", tmp.path().display()),
+        format!("data.cache={}", tmp.path().join("cache").display()),
+        // Six training images: a third of them for validation keeps one per class.
+        "data.validation_fraction=0.34".to_string(),
+    ];
+    let run = dsnn_hpo::config::RunConfig::load(&file, &sets).unwrap();
+    assert_eq!(run.data.kind, DatasetKind::TinyImagenet);
+    assert_eq!(run.train.model.name(), "resnet20");
+    assert_eq!((run.fidelity.min_epochs, run.fidelity.max_epochs), (4, 15));
+    let data = run.data.load().unwrap();
+    assert_eq!(data.dims(), [3, 64, 64]);
+    assert_eq!((data.num_classes(), data.test.len()), (2, 3));
 }

@@ -725,3 +725,33 @@ fn a_resumed_constrained_run_keeps_the_measured_reference() {
     assert_eq!(trials.iter().filter(|t| t.id < BASELINE_IDS).count(), 5);
     assert!(trials.iter().all(|t| t.status != TrialStatus::Infeasible));
 }
+
+#[test]
+fn every_shipped_config_loads() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            if let Err(e) = dsnn_hpo::config::RunConfig::load(&path, &[]) {
+                panic!("{}: {e}", path.display());
+            }
+            names.push(path.file_name().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    // The paper's setups among them, with their backbones and budgets.
+    for (name, model, budgets) in [
+        ("caltech101-mobilenetv2.toml", "mobilenetv2", (2, 20)),
+        ("tinyimagenet-resnet20.toml", "resnet20", (4, 15)),
+        ("cifar10-vgg19.toml", "vgg19", (10, 50)),
+    ] {
+        assert!(names.iter().any(|n| n == name), "{name} missing: {names:?}");
+        let run = dsnn_hpo::config::RunConfig::load(&dir.join(name), &[]).unwrap();
+        assert_eq!(run.train.model.name(), model, "{name}");
+        assert_eq!(
+            (run.fidelity.min_epochs, run.fidelity.max_epochs),
+            budgets,
+            "{name}"
+        );
+    }
+}

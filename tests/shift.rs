@@ -325,6 +325,23 @@ fn count_shift_layers(net: &Network) -> usize {
                     .sum::<usize>()
                 + dense(&m.linear)
         }
+        Network::Vgg(m) => {
+            m.stages
+                .iter()
+                .flat_map(|s| &s.convs)
+                .map(|u| conv(&u.conv))
+                .sum::<usize>()
+                + dense(&m.classifier)
+        }
+        Network::GoogLeNet(m) => {
+            conv(&m.pre.conv)
+                + m.modules
+                    .iter()
+                    .flat_map(|i| [&i.b1, &i.b4].into_iter().chain(&i.b2).chain(&i.b3))
+                    .map(|u| conv(&u.conv))
+                    .sum::<usize>()
+                + dense(&m.linear)
+        }
     }
 }
 

@@ -11,8 +11,8 @@ use crate::shift::{Rounding, ShiftKind, ShiftSettings};
 
 #[derive(Debug, Args)]
 pub struct DescribeArgs {
-    /// Backbone: resnet20, resnet32, resnet44, resnet56, small-cnn, mobilenetv2 or
-    /// efficientnet-b0.
+    /// Backbone: resnet20, resnet32, resnet44, resnet56, small-cnn, mobilenetv2,
+    /// efficientnet-b0, vgg19 or googlenet.
     #[arg(long, default_value = "resnet20")]
     pub model: String,
     /// Weight layers (conv and linear) converted to shift layers, counted from the output end;
@@ -218,6 +218,12 @@ fn write_table(spec: &NetSpec, t: &Totals, out: &mut dyn Write) -> std::io::Resu
                 ..
             } => shape(&[in_features, out_features]),
             LayerKind::BatchNorm { features } => shape(&[features]),
+            LayerKind::MaxPool {
+                kernel,
+                stride,
+                padding,
+            } => format!("{kernel}x{kernel}/{stride}/{padding}"),
+            LayerKind::GlobalAvgPool => "-".to_string(),
         };
         let kind = if l.shift { "shift" } else { "float" };
         let what = match l.kind {
@@ -267,6 +273,13 @@ fn write_table(spec: &NetSpec, t: &Totals, out: &mut dyn Write) -> std::io::Resu
         "norm ops/img    {:>14}   (batch-norm multiply-adds, float)",
         grouped(t.norm_ops)
     )?;
+    if t.pool_ops > 0 {
+        writeln!(
+            out,
+            "pool ops/img    {:>14}   (pooling compares and adds, float)",
+            grouped(t.pool_ops)
+        )?;
+    }
     writeln!(out, "bias adds/img   {:>14}", grouped(t.bias_adds))?;
     Ok(())
 }

@@ -5,7 +5,8 @@
 //! profiled forward pass (the device synchronised after every layer) times the measured energy
 //! of a pass. Why time shares: no meter resolves a single layer's energy, and on one device at a
 //! steady load energy follows time closely; the time outside the table's layers (activations,
-//! pooling, shortcuts) is its own row, so the shares add up to the whole pass.
+//! shortcuts, concatenations, pooling where the table has no pooling rows) is its own row, so
+//! the shares add up to the whole pass.
 
 use serde::{Deserialize, Serialize};
 
@@ -16,7 +17,8 @@ use crate::arch::NetSpec;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LayerRow {
     pub name: String,
-    /// `conv`, `linear`, `batchnorm`, or `other` (work between the table's layers).
+    /// `conv`, `linear`, `batchnorm`, `maxpool`, `avgpool`, or `other` (work between the
+    /// table's layers).
     pub kind: String,
     /// A shift layer (powers-of-two weights).
     pub shift: bool,

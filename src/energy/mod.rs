@@ -34,7 +34,7 @@
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let cfg = EnergyConfig::default();
 //! let layers = [LayerCount {
-//!     name: "fc".into(), shift: true, weight_bits: 5, macs: 1000, params: 1000,
+//!     name: "fc".into(), shift: true, weight_bits: 5, macs: 1000, float_adds: 0, params: 1000,
 //!     bias_adds: 0, input_elems: 0, output_elems: 0,
 //! }];
 //! let e = pass_energy(&layers, 64, &cfg.opcount)?;

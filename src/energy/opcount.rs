@@ -8,7 +8,8 @@
 //! - arithmetic: a float layer costs `macs x (float mult + float add)` (3.7 + 0.9 = 4.6 pJ) and
 //!   `bias_adds x float add`; a shift layer costs `macs x (shift + int add)` (0.1 + 0.1 pJ: the
 //!   barrel shift is costed as a 32-bit int add, the accumulation is a 32-bit int add) and
-//!   `bias_adds x int add` (fixed-point accumulator);
+//!   `bias_adds x int add` (fixed-point accumulator); `float_adds x float add` in any layer
+//!   (pooling: a compare costed as an add, no multiply);
 //! - weight memory: `params x weight_bits / 32` 32-bit words, each at `weight_read_pj_per_32bit`
 //!   (default DRAM, 640 pJ: every image streams its weights, no reuse across images assumed; set
 //!   it to the SRAM figure to model weights held on chip);
@@ -128,6 +129,10 @@ pub struct LayerCount {
     pub weight_bits: u32,
     /// Multiply-accumulates (float layer) or shift-adds (shift layer) per image.
     pub macs: u64,
+    /// Float adds or compares per image outside the MACs (pooling windows), at the float add
+    /// cost whether or not the layer is a shift layer.
+    #[serde(default)]
+    pub float_adds: u64,
     /// Stored weights read per image.
     pub params: u64,
     /// Bias additions per image.
@@ -186,7 +191,9 @@ pub fn layer_energy(layer: &LayerCount, e: &OpEnergies) -> Result<LayerEnergy, E
     } else {
         (e.float_mult_pj + e.float_add_pj, e.float_add_pj)
     };
-    let compute_pj = layer.macs as f64 * mac_pj + layer.bias_adds as f64 * bias_pj;
+    let compute_pj = layer.macs as f64 * mac_pj
+        + layer.bias_adds as f64 * bias_pj
+        + layer.float_adds as f64 * e.float_add_pj;
     let weight_words = layer.params as f64 * f64::from(layer.weight_bits) / 32.0;
     let weight_pj = weight_words * e.weight_read_pj_per_32bit;
     let act_words = (layer.input_elems as f64 + layer.output_elems as f64)
@@ -276,6 +283,7 @@ mod tests {
             shift,
             weight_bits: bits,
             macs,
+            float_adds: 0,
             params: 0,
             bias_adds: 0,
             input_elems: 0,
@@ -292,6 +300,15 @@ mod tests {
         assert!((f.compute_j - 4600e-12).abs() < 1e-20);
         assert!((s.compute_j - 200e-12).abs() < 1e-20);
         assert_eq!(f.weight_memory_j, 0.0);
+    }
+
+    #[test]
+    fn pooling_adds_cost_a_float_add_each() {
+        // 1000 compares x 0.9 pJ, with no multiply.
+        let mut pool = layer("pool", false, 32, 0);
+        pool.float_adds = 1000;
+        let p = layer_energy(&pool, &OpEnergies::default()).unwrap();
+        assert!((p.compute_j - 900e-12).abs() < 1e-20, "{}", p.compute_j);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::{Device, Tensor};
 
@@ -12,15 +13,21 @@ use crate::shift::cpu_conv::{Conv2dParams, conv2d_auto};
 use crate::shift::layer::{ShiftConv2d, ShiftConv2dConfig, ShiftLinear, ShiftLinearConfig};
 
 pub mod batch_norm;
+mod conv_bn;
 mod efficientnet;
+mod googlenet;
 mod mobilenetv2;
 mod resnet;
 mod small_cnn;
+mod vgg;
 
+pub use conv_bn::ConvBn;
 pub use efficientnet::{EfficientNet, SeBlock};
+pub use googlenet::{GoogLeNet, Inception};
 pub use mobilenetv2::{InvertedResidual, MobileNetV2, Shortcut};
 pub use resnet::{BasicBlock, ResNet};
 pub use small_cnn::SmallCnn;
+pub use vgg::{Vgg, VggStage};
 
 /// A conv layer that is either float or shift, as the spec says.
 #[derive(Module, Debug)]
@@ -170,6 +177,34 @@ impl<'a> SpecCursor<'a> {
         DenseLayer::from_spec(self.next("linear"), &s, device)
     }
 
+    /// A max-pool row. burn's CPU backend skips padded positions, like PyTorch; every pool here
+    /// follows a ReLU anyway, so zero padding would give the same maxima on any backend.
+    fn max_pool(&mut self) -> MaxPool2d {
+        let spec = self.next("maxpool");
+        let LayerKind::MaxPool {
+            kernel,
+            stride,
+            padding,
+        } = spec.kind
+        else {
+            unreachable_spec(spec, "maxpool")
+        };
+        MaxPool2dConfig::new([kernel, kernel])
+            .with_strides([stride, stride])
+            .with_padding(PaddingConfig2d::Explicit(
+                padding, padding, padding, padding,
+            ))
+            .init()
+    }
+
+    /// A global-average-pool row; it has no module, see [`global_avg_pool`].
+    fn global_avg_pool(&mut self) {
+        let spec = self.next("avgpool");
+        if spec.kind != LayerKind::GlobalAvgPool {
+            unreachable_spec(spec, "avgpool")
+        }
+    }
+
     fn bn(&mut self, device: &Device) -> burn::nn::BatchNorm {
         let spec = self.next("batchnorm");
         let LayerKind::BatchNorm { features } = spec.kind else {
@@ -177,6 +212,15 @@ impl<'a> SpecCursor<'a> {
         };
         burn::nn::BatchNormConfig::new(features).init(device)
     }
+}
+
+/// Mean over height and width.
+///
+/// # Shapes
+/// - input `[batch, channels, height, width]`, output `[batch, channels]`.
+pub fn global_avg_pool(x: Tensor<4>) -> Tensor<2> {
+    let [b, c, _, _] = x.dims();
+    x.mean_dims(&[2, 3]).reshape([b, c])
 }
 
 #[allow(clippy::panic)]
@@ -192,6 +236,8 @@ pub enum Network {
     SmallCnn(SmallCnn),
     MobileNetV2(MobileNetV2),
     EfficientNet(EfficientNet),
+    Vgg(Vgg),
+    GoogLeNet(GoogLeNet),
 }
 
 impl Network {
@@ -204,6 +250,8 @@ impl Network {
             Backbone::EfficientnetB0 => {
                 Network::EfficientNet(EfficientNet::init(&mut cursor, device))
             }
+            Backbone::Vgg19 => Network::Vgg(Vgg::init(&mut cursor, device)),
+            Backbone::Googlenet => Network::GoogLeNet(GoogLeNet::init(&mut cursor, device)),
             _ => Network::ResNet(ResNet::init(&mut cursor, device)),
         }
     }
@@ -222,6 +270,8 @@ impl Network {
             Network::SmallCnn(m) => m.forward_with(x, laps),
             Network::MobileNetV2(m) => m.forward_with(x, laps),
             Network::EfficientNet(m) => m.forward_with(x, laps),
+            Network::Vgg(m) => m.forward_with(x, laps),
+            Network::GoogLeNet(m) => m.forward_with(x, laps),
         }
     }
 }
@@ -229,9 +279,11 @@ impl Network {
 /// Observes a forward pass layer by layer, for the per-layer energy profile. The plain forward
 /// uses [`NoLaps`], which compiles away, so the models have one forward each.
 pub trait Laps {
-    /// After the next layer of the layer table (conv, batch norm or linear), in table order.
+    /// After the next layer of the layer table (conv, batch norm, pooling or linear), in table
+    /// order.
     fn layer<const D: usize>(&mut self, t: Tensor<D>) -> Tensor<D>;
-    /// After work outside the table's layers: activations, pooling, shortcuts, reshapes.
+    /// After work outside the table's layers: activations, the pooling of tables without
+    /// pooling rows (ResNet, small CNN), shortcuts, concatenations, reshapes.
     fn other<const D: usize>(&mut self, t: Tensor<D>) -> Tensor<D>;
 }
 
