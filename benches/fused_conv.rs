@@ -10,10 +10,6 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use dsnn_hpo::shift::cpu_conv::{Conv2dParams, conv2d};
 
 const BATCH: usize = 128;
-
-/// As the binary allocates (src/train/malloc.rs): large blocks on transparent huge pages.
-#[global_allocator]
-static ALLOC: dsnn_hpo::train::malloc::HugePageAlloc = dsnn_hpo::train::malloc::HugePageAlloc;
 /// 3x3, stride 1, padding 1: the shape of every non-downsampling ResNet20 convolution.
 const PARAMS: Conv2dParams = Conv2dParams {
     stride: [1, 1],
@@ -33,7 +29,6 @@ fn fused_op(x: Tensor<4>, w: Tensor<4>, p: Conv2dParams) -> Tensor<4> {
 }
 
 fn bench_conv(c: &mut Criterion) {
-    dsnn_hpo::train::malloc::HugePageAlloc::configure_from_env();
     let device = Device::flex().autodiff();
     device.seed(0);
     // ResNet20's first stage (16 channels at 32x32) and last stage (64 channels at 8x8), and

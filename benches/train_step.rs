@@ -15,14 +15,9 @@ use dsnn_hpo::shift::{Rounding, ShiftKind, ShiftSettings};
 
 const BATCH: usize = 128;
 
-/// As the binary allocates (src/train/malloc.rs): large blocks on transparent huge pages.
-#[global_allocator]
-static ALLOC: dsnn_hpo::train::malloc::HugePageAlloc = dsnn_hpo::train::malloc::HugePageAlloc;
-
 fn bench_train_step(c: &mut Criterion) {
     // As the binary does at start-up (src/train/malloc.rs).
     dsnn_hpo::train::malloc::keep_freed_memory();
-    dsnn_hpo::train::malloc::HugePageAlloc::configure_from_env();
     let device = Device::flex().autodiff();
     device.seed(0);
     let mut group = c.benchmark_group("resnet20_train_step_b128");

@@ -5,17 +5,9 @@ use clap::Parser;
 use dsnn_hpo::cli::Cli;
 use dsnn_hpo::error::Error;
 
-/// Large blocks on transparent huge pages (src/train/malloc.rs).
-#[cfg(feature = "dsnn")]
-#[global_allocator]
-static ALLOC: dsnn_hpo::train::malloc::HugePageAlloc = dsnn_hpo::train::malloc::HugePageAlloc;
-
 fn main() -> ExitCode {
     #[cfg(feature = "dsnn")]
-    {
-        dsnn_hpo::train::malloc::keep_freed_memory();
-        dsnn_hpo::train::malloc::HugePageAlloc::configure_from_env();
-    }
+    dsnn_hpo::train::malloc::keep_freed_memory();
     let cli = Cli::parse();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
