@@ -11,7 +11,6 @@ use burn::tensor::{Device, Tensor};
 use super::batch_norm::batch_norm_auto;
 use super::mobilenetv2::InvertedResidual;
 use super::{ConvLayer, DenseLayer, Laps, SpecCursor};
-use crate::arch::LayerKind;
 
 #[derive(Module, Debug)]
 pub struct SeBlock {
@@ -60,12 +59,7 @@ impl EfficientNet {
     pub(super) fn init(cursor: &mut SpecCursor<'_>, device: &Device) -> Self {
         let conv1 = cursor.conv(device);
         let bn1 = cursor.bn(device);
-        // One depthwise conv per block.
-        let blocks = cursor
-            .layers
-            .clone()
-            .filter(|l| matches!(l.kind, LayerKind::Conv { groups, .. } if groups > 1))
-            .count();
+        let blocks = cursor.depthwise_left();
         let blocks = (0..blocks).map(|_| SeBlock::init(cursor, device)).collect();
         Self {
             conv1,

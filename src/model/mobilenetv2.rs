@@ -125,12 +125,7 @@ impl MobileNetV2 {
     pub(super) fn init(cursor: &mut SpecCursor<'_>, device: &Device) -> Self {
         let conv1 = cursor.conv(device);
         let bn1 = cursor.bn(device);
-        // One depthwise conv per block.
-        let blocks = cursor
-            .layers
-            .clone()
-            .filter(|l| matches!(l.kind, LayerKind::Conv { groups, .. } if groups > 1))
-            .count();
+        let blocks = cursor.depthwise_left();
         let blocks = (0..blocks)
             .map(|_| InvertedResidual::init(cursor, device))
             .collect();

@@ -160,6 +160,14 @@ impl<'a> SpecCursor<'a> {
         self.layers.clone().next()
     }
 
+    /// Depthwise (grouped) convs left in the table: one per inverted-residual block.
+    fn depthwise_left(&self) -> usize {
+        self.layers
+            .clone()
+            .filter(|l| matches!(l.kind, LayerKind::Conv { groups, .. } if groups > 1))
+            .count()
+    }
+
     fn next(&mut self, wanted: &str) -> &'a LayerSpec {
         match self.layers.next() {
             Some(l) => l,

@@ -860,6 +860,12 @@ fn grad_weight(geo: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
             acc
         })
         .collect();
+    sum_in_order(partials, len)
+}
+
+/// The chunks' partial weight gradients added in chunk order: the same result for any number
+/// of threads.
+fn sum_in_order(partials: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
     let mut total = vec![0.0f32; len];
     for part in partials {
         for (t, p) in total.iter_mut().zip(part) {

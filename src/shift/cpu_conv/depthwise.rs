@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use super::{Geometry, IMAGES_PER_CHUNK, QUANTIZED, valid_range};
+use super::{Geometry, IMAGES_PER_CHUNK, QUANTIZED, sum_in_order, valid_range};
 use crate::shift::cpu_quant::{fixed_point_in_place, vectorized};
 
 /// True when every group reads exactly one input channel.
@@ -168,13 +168,7 @@ pub(super) fn grad_weight(geo: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
             acc
         })
         .collect();
-    let mut total = vec![0.0f32; len];
-    for part in partials {
-        for (t, p) in total.iter_mut().zip(part) {
-            *t += p;
-        }
-    }
-    total
+    sum_in_order(partials, len)
 }
 
 /// A dot product over `a` (and as much of `b`) in eight lanes, so that it vectorizes: a plain
