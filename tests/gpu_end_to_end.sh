@@ -8,7 +8,8 @@
 #                                             # (cpu against cpu: a self-test of the script)
 #
 # Environment: CARGO_TARGET_DIR as for any build; FEATURES (default: the device's feature);
-# E2E_LIMIT_TRAIN (default 512 training images), E2E_DIR (default: a fresh temporary folder).
+# E2E_LIMIT_TRAIN (default 512 training images), E2E_DIR (default: a fresh temporary folder),
+# E2E_MODELS (default "small-cnn resnet20": every weight layer shift, PS and Q, on each).
 #
 # Why a saved state: burn's random initialisation differs between backends, so both runs resume
 # the same CPU-trained epoch-1 state (weights, optimizer state, the data order comes from the
@@ -62,26 +63,34 @@ compare() { # name cpu.json gpu.json
         local verdict
         verdict=$(jq -nr --argjson a "$a" --argjson b "$b" --argjson t "$tol" \
             'if (($a - $b) | fabs) <= $t then "ok" else "FAIL" end')
-        printf '%-8s %-15s cpu %-10.6f %-6s %-10.6f |diff| %.6f (tolerance %s) %s\n' "$name" "$key" "$a" \
+        printf '%-14s %-15s cpu %-10.6f %-6s %-10.6f |diff| %.6f (tolerance %s) %s\n' "$name" "$key" "$a" \
             "$device" "$b" "$(jq -nr --argjson a "$a" --argjson b "$b" '($a - $b) | fabs')" "$tol" "$verdict"
         [ "$verdict" = ok ] || fail=1
     done
     local ga gb
     ga=$(jq -r '.report.images_per_s' "$cpu"); gb=$(jq -r '.report.images_per_s' "$gpu")
-    printf '%-8s %-15s cpu %.1f  %s %.1f images/s; energy sources: cpu run %s, %s run gpu %s\n' "$name" throughput \
+    printf '%-14s %-15s cpu %.1f  %s %.1f images/s; energy sources: cpu run %s, %s run gpu %s\n' "$name" throughput \
         "$ga" "$device" "$gb" "$(jq -r '.energy.cpu.source' "$cpu")" "$device" "$(jq -r '.energy.gpu.source' "$gpu")"
 }
 
-for shift in ps q; do
-    echo "== $shift: epoch 1 on the CPU, saved"
-    "$bin" train "${common[@]}" --set "train.shift_type=$shift" --epochs 1 --device cpu \
-        --save "$work/$shift-init" > "$work/$shift-init.json"
-    echo "== $shift: epoch 2 from that state, on cpu and on $device"
-    "$bin" train "${common[@]}" --set "train.shift_type=$shift" --epochs 2 --device cpu \
-        --resume "$work/$shift-init" > "$work/$shift-cpu.json"
-    "$bin" train "${common[@]}" --set "train.shift_type=$shift" --epochs 2 --device "$device" \
-        --resume "$work/$shift-init" > "$work/$shift-gpu.json"
-    compare "$shift" "$work/$shift-cpu.json" "$work/$shift-gpu.json"
+for model in ${E2E_MODELS:-small-cnn resnet20}; do
+    for shift in ps q; do
+        tag="$model-$shift"
+        sets=(--set "train.model=$model" --set "train.shift_type=$shift" --set train.shift_depth=999)
+        echo "== $tag: epoch 1 on the CPU, saved"
+        "$bin" train "${common[@]}" "${sets[@]}" --epochs 1 --device cpu \
+            --save "$work/$tag-init" > "$work/$tag-init.json"
+        echo "== $tag: epoch 2 from that state, on cpu and on $device"
+        "$bin" train "${common[@]}" "${sets[@]}" --epochs 2 --device cpu \
+            --resume "$work/$tag-init" > "$work/$tag-cpu.json"
+        if ! "$bin" train "${common[@]}" "${sets[@]}" --epochs 2 --device "$device" \
+            --resume "$work/$tag-init" > "$work/$tag-gpu.json"; then
+            echo "$tag: the $device run failed" >&2
+            fail=1
+            continue
+        fi
+        compare "$tag" "$work/$tag-cpu.json" "$work/$tag-gpu.json"
+    done
 done
 
 echo "== a tiny optimize on $device (4 trials, budgets 1-2 epochs), then pareto"
