@@ -10,7 +10,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::batch_norm::batch_norm_auto;
 use super::mobilenetv2::InvertedResidual;
-use super::{ConvLayer, DenseLayer, Laps, SpecCursor};
+use super::{ConvLayer, DenseLayer, Laps, SpecCursor, global_avg_pool};
 
 #[derive(Module, Debug)]
 pub struct SeBlock {
@@ -79,8 +79,7 @@ impl EfficientNet {
             x = block.forward_with(x, laps);
         }
         // Global average pooling: the fork's flatten at 32x32 (a 1x1 map), any size here.
-        let [b, c, _, _] = x.dims();
-        let x = laps.other(x.mean_dims(&[2, 3]).reshape([b, c]));
+        let x = laps.other(global_avg_pool(x));
         laps.layer(self.linear.forward(x))
     }
 }

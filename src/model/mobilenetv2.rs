@@ -10,7 +10,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::batch_norm::batch_norm_auto;
-use super::{ConvLayer, DenseLayer, Laps, SpecCursor};
+use super::{ConvLayer, DenseLayer, Laps, SpecCursor, global_avg_pool};
 use crate::arch::{LayerKind, LayerSpec};
 
 /// The conv fields the block structure depends on.
@@ -152,8 +152,7 @@ impl MobileNetV2 {
         let x = laps.layer(batch_norm_auto(&self.bn2, x));
         let x = relu(x);
         // Global average pooling: any input size gives the same classifier.
-        let [b, c, _, _] = x.dims();
-        let x = laps.other(x.mean_dims(&[2, 3]).reshape([b, c]));
+        let x = laps.other(global_avg_pool(x));
         laps.layer(self.linear.forward(x))
     }
 }

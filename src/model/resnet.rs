@@ -8,7 +8,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::batch_norm::batch_norm_auto;
-use super::{ConvLayer, DenseLayer, Laps, SpecCursor};
+use super::{ConvLayer, DenseLayer, Laps, SpecCursor, global_avg_pool};
 use crate::arch::LayerKind;
 
 #[derive(Module, Debug)]
@@ -109,8 +109,7 @@ impl ResNet {
             x = block.forward_with(x, laps);
         }
         // Global average pooling over H and W.
-        let [b, c, _, _] = x.dims();
-        let x = laps.other(x.mean_dims(&[2, 3]).reshape([b, c]));
+        let x = laps.other(global_avg_pool(x));
         laps.layer(self.fc.forward(x))
     }
 }
