@@ -17,7 +17,9 @@
 //!   stride 1), not a scatter through index tables: it costs one add per element of `dcol`,
 //!   1/cog of the gemm's multiply-adds, and each task owns its image, so no atomics;
 //! - 1x1 convolutions at stride 1 without padding skip the unfolding (`col_g` is the image);
-//! - depthwise convolutions (one input channel per group) skip the gemm: `depthwise`.
+//! - depthwise convolutions (one input channel per group) skip the gemm: `depthwise`;
+//! - stride-1 convolutions with one group and rows of eight pixels or more skip the unfolding
+//!   and gemm's packing: `direct` (an implicit gemm on zero-padded planes).
 //!
 //! The gemm is the `gemm` crate flex itself uses, single-threaded inside a task.
 
@@ -39,6 +41,7 @@ use std::cell::RefCell;
 use super::cpu_quant::{FixedPoint, fixed_point_in_place};
 
 mod depthwise;
+mod direct;
 
 /// Stride, symmetric padding and groups of a convolution (dilation is 1), and the fixed-point
 /// quantization of its input, if any.
@@ -746,8 +749,16 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 /// `[batch, cout, oh, ow]` output.
 fn forward(geo: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     if depthwise::applies(geo) {
-        return depthwise::forward(geo, x, w, bias);
+        depthwise::forward(geo, x, w, bias)
+    } else if direct::applies(geo) {
+        direct::forward(geo, x, w, bias)
+    } else {
+        gemm_forward(geo, x, w, bias)
     }
+}
+
+/// The unfolding path of [`forward`].
+fn gemm_forward(geo: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     let (k, n, cog) = (geo.k(), geo.n(), geo.cog);
     let mut out = vec![0.0f32; geo.batch * geo.y_image()];
     out.par_chunks_mut(geo.y_image())
@@ -778,11 +789,19 @@ fn forward(geo: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f3
     out
 }
 
-/// `[batch, cin, h, w]` input gradient: `dcol = W_gᵀ · dY_g`, folded back by [`col2im_add`].
+/// `[batch, cin, h, w]` input gradient.
 fn grad_input(geo: &Geometry, w: &[f32], dy: &[f32]) -> Vec<f32> {
     if depthwise::applies(geo) {
-        return depthwise::grad_input(geo, w, dy);
+        depthwise::grad_input(geo, w, dy)
+    } else if direct::applies(geo) {
+        direct::grad_input(geo, w, dy)
+    } else {
+        gemm_grad_input(geo, w, dy)
     }
+}
+
+/// The unfolding path of [`grad_input`]: `dcol = W_gᵀ · dY_g`, folded back by [`col2im_add`].
+fn gemm_grad_input(geo: &Geometry, w: &[f32], dy: &[f32]) -> Vec<f32> {
     let (k, n, cog) = (geo.k(), geo.n(), geo.cog);
     let mut dx = vec![0.0f32; geo.batch * geo.x_image()];
     dx.par_chunks_mut(geo.x_image())
@@ -814,12 +833,20 @@ fn grad_input(geo: &Geometry, w: &[f32], dy: &[f32]) -> Vec<f32> {
     dx
 }
 
-/// `[cout, cig, kh, kw]` weight gradient: `dW_g += dY_g · col_gᵀ` over the images of a chunk,
-/// then the chunks' sums added in chunk order: the same result for any number of threads.
+/// `[cout, cig, kh, kw]` weight gradient, the same for any number of threads.
 fn grad_weight(geo: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     if depthwise::applies(geo) {
-        return depthwise::grad_weight(geo, x, dy);
+        depthwise::grad_weight(geo, x, dy)
+    } else if direct::applies(geo) {
+        direct::grad_weight(geo, x, dy)
+    } else {
+        gemm_grad_weight(geo, x, dy)
     }
+}
+
+/// The unfolding path of [`grad_weight`]: `dW_g += dY_g · col_gᵀ` over the images of a chunk,
+/// then the chunks' sums added in chunk order.
+fn gemm_grad_weight(geo: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let (k, n, cog) = (geo.k(), geo.n(), geo.cog);
     let len = geo.cout * k;
     let per_chunk = IMAGES_PER_CHUNK;
