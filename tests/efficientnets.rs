@@ -205,26 +205,37 @@ fn training_with_drop_connect_repeats_under_a_seed() {
         shift_depth: 10,
         lr: 0.01,
         batch_size: 12,
+        // The schedule spans both epochs in the 1-epoch run too, as the optimizer sets it.
+        schedule_epochs: Some(2),
         seed: 5,
         ..TrainConfig::default()
     };
-    let run = |c: &TrainConfig| {
-        let r = train(
-            c,
-            &data,
-            &Device::flex(),
-            1,
-            &RunOptions::default(),
-            &mut Quiet,
-        )
-        .expect("training runs");
+    let run_with = |c: &TrainConfig, epochs: usize, opts: &RunOptions<'_>| {
+        let r = train(c, &data, &Device::flex(), epochs, opts, &mut Quiet).expect("training runs");
         (r.train_loss.to_bits(), r.valid_loss.to_bits())
     };
-    let first = run(&cfg);
-    assert_eq!(first, run(&cfg), "same config and seed");
+    let run = |c: &TrainConfig| run_with(c, 2, &RunOptions::default());
+    let straight = run(&cfg);
+    assert_eq!(straight, run(&cfg), "same config and seed");
     let without = TrainConfig {
         drop_connect: 0.0,
         ..cfg.clone()
     };
-    assert_ne!(first, run(&without), "drop connect changes training");
+    assert_ne!(straight, run(&without), "drop connect changes training");
+    // The masks follow the global step, so a continued run draws the straight run's masks.
+    let dir = tempfile::tempdir().unwrap();
+    let save = RunOptions {
+        save_to: Some(dir.path()),
+        ..Default::default()
+    };
+    run_with(&cfg, 1, &save);
+    let resume = RunOptions {
+        resume_from: Some(dir.path()),
+        ..Default::default()
+    };
+    assert_eq!(
+        run_with(&cfg, 2, &resume),
+        straight,
+        "1 + 1 epochs = 2 epochs"
+    );
 }
