@@ -12,6 +12,7 @@ use std::str::FromStr;
 use crate::shift::ShiftSettings;
 
 mod efficientnet;
+pub mod efficientnetv2;
 mod mobilenetv2;
 
 /// The backbones dsnn-hpo can build.
@@ -39,10 +40,14 @@ pub enum Backbone {
     Vgg19,
     /// The CIFAR GoogLeNet of the fork (kuangliu's): a 3x3 stem and nine Inception modules.
     Googlenet,
+    /// The fork's EfficientNetV2-B0: fused MBConv stages, then MBConv with
+    /// squeeze-and-excitation, SiLU throughout; see [`efficientnetv2`].
+    #[serde(rename = "efficientnetv2-b0")]
+    Efficientnetv2B0,
 }
 
 impl Backbone {
-    pub const ALL: [Backbone; 9] = [
+    pub const ALL: [Backbone; 10] = [
         Backbone::Resnet20,
         Backbone::Resnet32,
         Backbone::Resnet44,
@@ -52,6 +57,7 @@ impl Backbone {
         Backbone::EfficientnetB0,
         Backbone::Vgg19,
         Backbone::Googlenet,
+        Backbone::Efficientnetv2B0,
     ];
 
     pub fn name(self) -> &'static str {
@@ -65,7 +71,24 @@ impl Backbone {
             Backbone::EfficientnetB0 => "efficientnet-b0",
             Backbone::Vgg19 => "vgg19",
             Backbone::Googlenet => "googlenet",
+            Backbone::Efficientnetv2B0 => "efficientnetv2-b0",
         }
+    }
+
+    /// The activations the backbone can be built with, its default first: EfficientNet-B0
+    /// takes the fork's ReLU or Tan & Le's SiLU; EfficientNetV2-B0 is SiLU as the fork builds
+    /// it; the others are ReLU networks.
+    pub fn activations(self) -> &'static [Activation] {
+        match self {
+            Backbone::EfficientnetB0 => &[Activation::Relu, Activation::Silu],
+            Backbone::Efficientnetv2B0 => &[Activation::Silu],
+            _ => &[Activation::Relu],
+        }
+    }
+
+    /// Whether the backbone has the residual blocks drop connect applies to.
+    pub fn has_drop_connect(self) -> bool {
+        matches!(self, Backbone::EfficientnetB0 | Backbone::Efficientnetv2B0)
     }
 
     /// Basic blocks per stage for the ResNets (depth = 6n + 2).
@@ -89,6 +112,43 @@ impl Backbone {
     }
 }
 
+/// The nonlinearity after batch norm in the backbones that offer a choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// max(x, 0): not a row of the table (a sign test, left out of the op-count model).
+    #[default]
+    Relu,
+    /// x * sigmoid(x) (Tan & Le's swish): a row of the table, so the op-count model counts
+    /// it (see [`SILU_MACS_PER_ELEMENT`]).
+    Silu,
+}
+
+impl Activation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Relu => "relu",
+            Activation::Silu => "silu",
+        }
+    }
+}
+
+impl fmt::Display for Activation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+fn is_relu(a: &Activation) -> bool {
+    *a == Activation::Relu
+}
+
+/// Float multiply-adds one SiLU costs per element in the op-count model: 4 for exp(-x)
+/// (range reduction, then a degree-3 polynomial by Horner: the usual float exp approximation),
+/// 1 for the reciprocal of 1 + exp(-x) (the add, the divide costed as a multiply) and 1 for
+/// x times the sigmoid (its add is an overcount of one float add).
+pub const SILU_MACS_PER_ELEMENT: u64 = 6;
+
 impl fmt::Display for Backbone {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -109,9 +169,14 @@ impl FromStr for Backbone {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ArchError {
     #[error(
-        "unknown model '{0}': expected one of resnet20, resnet32, resnet44, resnet56, small-cnn, mobilenetv2, efficientnet-b0, vgg19, googlenet"
+        "unknown model '{0}': expected one of resnet20, resnet32, resnet44, resnet56, small-cnn, mobilenetv2, efficientnet-b0, vgg19, googlenet, efficientnetv2-b0"
     )]
     UnknownModel(String),
+    #[error("activation = \"{activation}\" does not apply to {model}: {model} is built with {}", allowed_activations(*.model))]
+    Activation {
+        model: Backbone,
+        activation: Activation,
+    },
     #[error("invalid input shape '{0}': expected CxHxW with positive integers, e.g. 3x32x32")]
     BadInput(String),
     #[error("input {h}x{w} is too small for {model}: it needs at least {min}x{min} pixels")]
@@ -123,6 +188,15 @@ pub enum ArchError {
     },
     #[error("num_classes must be at least 2, got {0}")]
     BadClasses(usize),
+}
+
+fn allowed_activations(model: Backbone) -> String {
+    let names: Vec<String> = model
+        .activations()
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect();
+    names.join(" or ")
 }
 
 /// Input tensor shape of one image: channels, height, width.
@@ -201,6 +275,8 @@ pub enum LayerKind {
     },
     /// Average over the whole height and width: (C, H, W) to (C).
     GlobalAvgPool,
+    /// SiLU on every element; `macs` = [`SILU_MACS_PER_ELEMENT`] per element.
+    Silu,
 }
 
 fn one() -> usize {
@@ -215,6 +291,7 @@ impl LayerKind {
             LayerKind::BatchNorm { .. } => "batchnorm",
             LayerKind::MaxPool { .. } => "maxpool",
             LayerKind::GlobalAvgPool => "avgpool",
+            LayerKind::Silu => "silu",
         }
     }
 
@@ -261,6 +338,9 @@ pub struct NetSpec {
     pub model: Backbone,
     pub input: InputShape,
     pub num_classes: usize,
+    /// Absent in tables stored before the choice existed (and for ReLU): ReLU.
+    #[serde(default, skip_serializing_if = "is_relu")]
+    pub activation: Activation,
     pub shift: ShiftSettings,
     /// The requested depth; `shift_layers` is what it amounts to for this network.
     pub shift_depth: usize,
@@ -283,12 +363,16 @@ pub struct Totals {
     /// pooling had rows.
     #[serde(default)]
     pub pool_ops: u64,
+    /// SiLU multiply-adds (float, outside the weight layers); absent in records written
+    /// before SiLU had rows.
+    #[serde(default)]
+    pub activation_ops: u64,
     pub bias_adds: u64,
 }
 
 impl NetSpec {
-    /// Builds the layer table of `model` for `input` and `num_classes`, converting the last
-    /// `shift_depth` weight layers (counted from the output end) to shift layers.
+    /// Builds the layer table of `model` with its default activation (see
+    /// [`NetSpec::build_with`]).
     pub fn build(
         model: Backbone,
         input: InputShape,
@@ -296,6 +380,24 @@ impl NetSpec {
         shift: ShiftSettings,
         shift_depth: usize,
     ) -> Result<NetSpec, ArchError> {
+        let activation = model.activations()[0];
+        Self::build_with(model, input, num_classes, shift, shift_depth, activation)
+    }
+
+    /// Builds the layer table of `model` for `input` and `num_classes` with `activation`
+    /// (one of [`Backbone::activations`]), converting the last `shift_depth` weight layers
+    /// (counted from the output end) to shift layers.
+    pub fn build_with(
+        model: Backbone,
+        input: InputShape,
+        num_classes: usize,
+        shift: ShiftSettings,
+        shift_depth: usize,
+        activation: Activation,
+    ) -> Result<NetSpec, ArchError> {
+        if !model.activations().contains(&activation) {
+            return Err(ArchError::Activation { model, activation });
+        }
         if num_classes < 2 {
             return Err(ArchError::BadClasses(num_classes));
         }
@@ -332,7 +434,8 @@ impl NetSpec {
                 b.linear("fc", num_classes, true);
             }
             (Backbone::Mobilenetv2, _) => mobilenetv2::layers(&mut b, num_classes),
-            (Backbone::EfficientnetB0, _) => efficientnet::layers(&mut b, num_classes),
+            (Backbone::EfficientnetB0, _) => efficientnet::layers(&mut b, num_classes, activation),
+            (Backbone::Efficientnetv2B0, _) => efficientnetv2::layers(&mut b, num_classes),
             (_, None) => {
                 b.conv("conv1", 16, 3, 1, 1, false);
                 b.bn("bn1");
@@ -359,6 +462,7 @@ impl NetSpec {
             model,
             input,
             num_classes,
+            activation,
             shift,
             shift_depth,
             layers,
@@ -397,6 +501,7 @@ impl NetSpec {
                 name: l.name.clone(),
                 shift: l.shift,
                 weight_bits: if l.shift { self.shift.weight_bits } else { 32 },
+                // SiLU's multiply-adds are float MACs (see SILU_MACS_PER_ELEMENT).
                 macs: if l.kind.is_pool() { 0 } else { l.macs },
                 float_adds: if l.kind.is_pool() { l.macs } else { 0 },
                 params: l.weights + if l.shift { 0 } else { l.biases },
@@ -421,6 +526,7 @@ impl NetSpec {
             shift_adds: 0,
             norm_ops: 0,
             pool_ops: 0,
+            activation_ops: 0,
             bias_adds: 0,
         };
         for l in &self.layers {
@@ -430,6 +536,7 @@ impl NetSpec {
             match l.kind {
                 LayerKind::BatchNorm { .. } => t.norm_ops += l.macs,
                 LayerKind::MaxPool { .. } | LayerKind::GlobalAvgPool => t.pool_ops += l.macs,
+                LayerKind::Silu => t.activation_ops += l.macs,
                 LayerKind::Conv { .. } | LayerKind::Linear { .. } => {
                     t.weight_layers += 1;
                     let out: u64 = l.output.iter().map(|&d| d as u64).product();
@@ -642,6 +749,28 @@ impl Builder {
             macs: self.shape.iter().map(|&d| d as u64).product(),
         });
         self.shape = vec![c];
+    }
+
+    /// A SiLU row on the current shape.
+    fn silu(&mut self, name: &str) {
+        let elems: u64 = self.shape.iter().map(|&d| d as u64).product();
+        self.layers.push(LayerSpec {
+            name: name.to_string(),
+            kind: LayerKind::Silu,
+            input: self.shape.clone(),
+            output: self.shape.clone(),
+            shift: false,
+            weights: 0,
+            biases: 0,
+            macs: SILU_MACS_PER_ELEMENT * elems,
+        });
+    }
+
+    /// A SiLU row where `activation` is SiLU; ReLU has no row.
+    fn activation(&mut self, name: &str, activation: Activation) {
+        if activation == Activation::Silu {
+            self.silu(name);
+        }
     }
 
     /// Joins branch outputs (same height and width) along channels; no row, since a

@@ -111,6 +111,48 @@ fn describe_shows_googlenet_with_its_pooling_rows() {
 }
 
 #[test]
+fn describe_shows_efficientnetv2_and_efficientnet_b0_with_silu() {
+    let o = dsnn(&[
+        "describe",
+        "--model",
+        "efficientnetv2-b0",
+        "--shift-depth",
+        "80",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(text.contains("efficientnetv2-b0 on 3x32x32 inputs, 10 classes, silu activations"));
+    assert!(
+        text.contains("the last 80 of 170 weight layers are shift layers"),
+        "{text}"
+    );
+    assert!(text.contains("37,837,202"), "total parameters");
+    let silu_rows = text
+        .lines()
+        .filter(|l| l.split_whitespace().nth(2) == Some("silu"))
+        .count();
+    assert_eq!(silu_rows, 101);
+    assert!(text.contains("SiLU ops/img"), "{text}");
+    let b0 = dsnn(&[
+        "describe",
+        "--model",
+        "efficientnet-b0",
+        "--activation",
+        "silu",
+    ]);
+    assert!(b0.status.success(), "{}", stderr(&b0));
+    let text = String::from_utf8(b0.stdout).unwrap();
+    assert!(text.contains("silu activations") && text.contains("2,912,089"));
+    let bad = dsnn(&["describe", "--model", "resnet20", "--activation", "silu"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        stderr(&bad).contains("activation = \"silu\" does not apply to resnet20"),
+        "{}",
+        stderr(&bad)
+    );
+}
+
+#[test]
 fn describe_json_is_machine_readable() {
     let o = dsnn(&[
         "describe",

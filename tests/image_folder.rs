@@ -233,6 +233,146 @@ fn a_grey_jpeg_decodes_to_three_equal_channels() {
     }
 }
 
+/// A baseline JPEG of one uniform CMYK colour, `side` x `side` (a multiple of 8), written by
+/// hand since nothing in the dependency tree encodes CMYK: four components at 1x1 sampling,
+/// quantization 1, DC-only blocks (a uniform block has no AC energy), an Adobe APP14 marker
+/// with transform 0 (CMYK, stored as Adobe does: inverted, 255 = no ink).
+fn cmyk_jpeg(side: u16, cmyk: [u8; 4]) -> Vec<u8> {
+    /// MSB-first bits into bytes, a 0x00 stuffed after every 0xFF, the last byte padded with 1s.
+    struct Bits {
+        out: Vec<u8>,
+        acc: u32,
+        n: u32,
+    }
+    impl Bits {
+        fn put(&mut self, value: u32, len: u32) {
+            for i in (0..len).rev() {
+                self.acc = (self.acc << 1) | ((value >> i) & 1);
+                self.n += 1;
+                if self.n == 8 {
+                    self.out.push(self.acc as u8);
+                    if self.acc == 0xFF {
+                        self.out.push(0);
+                    }
+                    (self.acc, self.n) = (0, 0);
+                }
+            }
+        }
+    }
+    let segment = |out: &mut Vec<u8>, marker: u8, body: &[u8]| {
+        out.extend([0xFF, marker]);
+        out.extend(((body.len() + 2) as u16).to_be_bytes());
+        out.extend(body);
+    };
+    let mut out = vec![0xFF, 0xD8];
+    // APP14 "Adobe": version 100, flags 0 and 0, transform 0 = CMYK.
+    segment(&mut out, 0xEE, b"Adobe\x00\x64\x00\x00\x00\x00\x00");
+    let mut dqt = vec![0u8];
+    dqt.extend([1u8; 64]);
+    segment(&mut out, 0xDB, &dqt);
+    let mut sof = vec![8];
+    sof.extend(side.to_be_bytes());
+    sof.extend(side.to_be_bytes());
+    sof.push(4);
+    for id in 1..=4u8 {
+        sof.extend([id, 0x11, 0]);
+    }
+    segment(&mut out, 0xC0, &sof);
+    // DC table: categories 0..=11 with 4-bit codes, code = category (canonical order).
+    let mut dc = vec![0x00];
+    dc.extend([0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    dc.extend(0..12u8);
+    segment(&mut out, 0xC4, &dc);
+    // AC table: only end-of-block (0x00), code "0".
+    let mut ac = vec![0x10, 1];
+    ac.extend([0u8; 15]);
+    ac.push(0x00);
+    segment(&mut out, 0xC4, &ac);
+    let mut sos = vec![4];
+    for id in 1..=4u8 {
+        sos.extend([id, 0x00]);
+    }
+    sos.extend([0, 63, 0]);
+    segment(&mut out, 0xDA, &sos);
+    let mut bits = Bits {
+        out: Vec::new(),
+        acc: 0,
+        n: 0,
+    };
+    let mut previous = [0i32; 4];
+    let mcus = (usize::from(side) / 8).pow(2);
+    for _ in 0..mcus {
+        for (c, &v) in cmyk.iter().enumerate() {
+            // The DC of a uniform level-shifted block under the JPEG DCT: 8 * (v - 128).
+            let dc = 8 * (i32::from(v) - 128);
+            let diff = dc - std::mem::replace(&mut previous[c], dc);
+            let category = 32 - diff.unsigned_abs().leading_zeros();
+            bits.put(category, 4);
+            let extra = if diff < 0 { diff - 1 } else { diff };
+            bits.put(extra as u32 & ((1 << category) - 1), category);
+            bits.put(0, 1);
+        }
+    }
+    if bits.n > 0 {
+        let pad = 8 - bits.n;
+        bits.put((1 << pad) - 1, pad);
+    }
+    out.extend(bits.out);
+    out.extend([0xFF, 0xD9]);
+    out
+}
+
+#[test]
+fn a_cmyk_jpeg_is_converted_to_rgb_as_adobe_stores_it() {
+    // Stored (inverted) CMYK -> RGB: R = C * K / 255, G = M * K / 255, B = Y * K / 255, rounded
+    // (the JPEG decoder's conversion; with ink shares c, k: R = 255 (1 - c)(1 - k)).
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = [
+        ("a", [200u8, 100, 40, 230], [180u8, 90, 36]),
+        ("b", [255, 255, 255, 255], [255, 255, 255]),
+        ("c", [255, 0, 128, 128], [128, 0, 64]),
+    ];
+    for (class, cmyk, _) in &cases {
+        let dir = tmp.path().join(class);
+        fs::create_dir_all(&dir).unwrap();
+        for i in 0..3 {
+            fs::write(dir.join(format!("{i}.jpg")), cmyk_jpeg(16, *cmyk)).unwrap();
+        }
+    }
+    let decoded = image::load_from_memory(&cmyk_jpeg(16, [200, 100, 40, 230])).unwrap();
+    assert_eq!(
+        decoded.color(),
+        image::ColorType::Rgb8,
+        "the decoder converts"
+    );
+    let data = DataConfig {
+        validation_fraction: 0.5,
+        test_fraction: Some(0.34),
+        ..cfg(DatasetKind::ImageFolder, tmp.path())
+    }
+    .load()
+    .unwrap();
+    for split in [&data.train, &data.valid, &data.test] {
+        let [_, h, w] = split.dataset().dims();
+        let plane = h * w;
+        for k in 0..split.len() {
+            let img = split.image(k);
+            let want = cases[usize::from(split.label(k))].2;
+            for (ch, &v) in want.iter().enumerate() {
+                // The decoder's integer IDCT may round a level by one.
+                assert!(
+                    img[ch * plane..(ch + 1) * plane]
+                        .iter()
+                        .all(|&p| p.abs_diff(v) <= 1),
+                    "label {} channel {ch}: {:?} vs {v}",
+                    split.label(k),
+                    &img[ch * plane..ch * plane + 4]
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn center_crop_keeps_the_aspect_and_stretch_does_not() {
     let tmp = tempfile::tempdir().unwrap();

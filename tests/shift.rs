@@ -4,7 +4,7 @@
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use dsnn_hpo::arch::{Backbone, InputShape, NetSpec};
-use dsnn_hpo::model::{ConvLayer, DenseLayer, Network};
+use dsnn_hpo::model::{ConvLayer, DenseLayer, Network, V2Block};
 use dsnn_hpo::shift::layer::{ShiftConv2dConfig, ShiftLinearConfig};
 use dsnn_hpo::shift::quant::{
     fixed_point, pow2, ps_weight, q_weight, quantize_ps, quantize_q, round,
@@ -339,6 +339,25 @@ fn count_shift_layers(net: &Network) -> usize {
                     .iter()
                     .flat_map(|i| [&i.b1, &i.b4].into_iter().chain(&i.b2).chain(&i.b3))
                     .map(|u| conv(&u.conv))
+                    .sum::<usize>()
+                + dense(&m.linear)
+        }
+        Network::EfficientNetV2(m) => {
+            conv(&m.stem.conv)
+                + m.blocks
+                    .iter()
+                    .map(|b| match b {
+                        V2Block::Fused(f) => {
+                            conv(&f.conv.conv) + f.project.as_ref().map_or(0, |p| conv(&p.conv))
+                        }
+                        V2Block::Mb(mb) => {
+                            mb.expand.as_ref().map_or(0, |e| conv(&e.conv))
+                                + conv(&mb.dw.conv)
+                                + conv(&mb.se_fc1)
+                                + conv(&mb.se_fc2)
+                                + conv(&mb.project.conv)
+                        }
+                    })
                     .sum::<usize>()
                 + dense(&m.linear)
         }

@@ -5,11 +5,15 @@
 //! squeeze-and-excitation of two 1x1 convs with bias on the globally pooled output
 //! (`out / 16` channels between them), no head conv, and a linear layer on the 320 channels.
 //!
+//! With `activation = "silu"` (Tan & Le's EfficientNet-B0 activation) every ReLU of the
+//! network, the squeeze-and-excitation's included, is a SiLU, each a row of the table; the
+//! structure stays the fork's.
+//!
 //! The fork flattens the last map, which is 1x1 only at 32x32 input (its Caltech101 copy fails
 //! at 224x224 for that reason); a global average pool is the same at 32x32 and takes any size.
 
-use super::Builder;
 use super::mobilenetv2::inverted_residual;
+use super::{Activation, Builder};
 
 /// (expansion, output channels, blocks, stride of the first block), the fork's B0.
 pub const CFG: [(usize, usize, usize, usize); 7] = [
@@ -26,17 +30,18 @@ pub const CFG: [(usize, usize, usize, usize); 7] = [
 pub const SE_REDUCTION: usize = 16;
 
 /// Appends the whole network for the builder's input and `num_classes`.
-pub(super) fn layers(b: &mut Builder, num_classes: usize) {
+pub(super) fn layers(b: &mut Builder, num_classes: usize, activation: Activation) {
     b.conv("conv1", 32, 3, 1, 1, false);
     b.bn("bn1");
+    b.activation("act1", activation);
     let mut in_planes = 32;
     let mut index = 0;
     for &(expansion, out, blocks, stride) in &CFG {
         for block in 0..blocks {
             let stride = if block == 0 { stride } else { 1 };
             let p = format!("layers.{index}");
-            inverted_residual(b, &p, in_planes, out, expansion, stride);
-            squeeze_excitation(b, &p);
+            inverted_residual(b, &p, in_planes, out, expansion, stride, activation);
+            squeeze_excitation(b, &p, activation);
             in_planes = out;
             index += 1;
         }
@@ -47,7 +52,7 @@ pub(super) fn layers(b: &mut Builder, num_classes: usize) {
 
 /// Two 1x1 convs with bias on the pooled block output (a 1x1 map); the block's output shape
 /// is unchanged, since their result only scales it.
-fn squeeze_excitation(b: &mut Builder, p: &str) {
+fn squeeze_excitation(b: &mut Builder, p: &str, activation: Activation) {
     let output = b.shape.clone();
     let c = output[0];
     b.shape = vec![c, 1, 1];
@@ -59,6 +64,7 @@ fn squeeze_excitation(b: &mut Builder, p: &str) {
         0,
         true,
     );
+    b.activation(&format!("{p}.se_act"), activation);
     b.conv(&format!("{p}.fc2"), c, 1, 1, 0, true);
     b.shape = output;
 }
@@ -131,5 +137,53 @@ mod tests {
             .find(|l| l.name == "layers.15.bn3")
             .unwrap();
         assert_eq!(last.output, vec![320, 7, 7]);
+    }
+
+    #[test]
+    fn silu_adds_counted_rows_and_keeps_the_weights() {
+        use crate::arch::{Activation, ArchError, SILU_MACS_PER_ELEMENT};
+        let silu = NetSpec::build_with(
+            Backbone::EfficientnetB0,
+            InputShape::new(3, 32, 32),
+            10,
+            ShiftSettings::default(),
+            84,
+            Activation::Silu,
+        )
+        .unwrap();
+        let relu = net(32, 84);
+        let (ts, tr) = (silu.totals(), relu.totals());
+        assert_eq!((ts.params, ts.weight_layers), (tr.params, tr.weight_layers));
+        assert_eq!(ts.shift_layers, 84, "SiLU rows are never shift layers");
+        assert_eq!(tr.activation_ops, 0);
+        // The stem, two per block and one in each squeeze-and-excitation: 1 + 16 * 3.
+        let rows: Vec<_> = silu
+            .layers
+            .iter()
+            .filter(|l| l.kind == LayerKind::Silu)
+            .collect();
+        assert_eq!(rows.len(), 49);
+        assert_eq!(rows[0].name, "act1");
+        assert_eq!(rows[0].macs, SILU_MACS_PER_ELEMENT * 32 * 32 * 32);
+        let se = rows.iter().find(|l| l.name == "layers.5.se_act").unwrap();
+        assert_eq!(se.input, vec![5, 1, 1]);
+        assert_eq!(ts.activation_ops, rows.iter().map(|l| l.macs).sum::<u64>());
+        // The op-count model sees them as float multiply-adds without weights.
+        let i = silu.layers.iter().position(|l| l.name == "act1").unwrap();
+        let c = &silu.layer_counts()[i];
+        assert_eq!((c.macs, c.params, c.shift), (6 * 32 * 32 * 32, 0, false));
+        let bad = NetSpec::build_with(
+            Backbone::Resnet20,
+            InputShape::new(3, 32, 32),
+            10,
+            ShiftSettings::default(),
+            0,
+            Activation::Silu,
+        );
+        assert_eq!(
+            bad.as_ref().map_err(|e| e.to_string()).unwrap_err(),
+            "activation = \"silu\" does not apply to resnet20: resnet20 is built with \"relu\""
+        );
+        assert!(matches!(bad, Err(ArchError::Activation { .. })));
     }
 }

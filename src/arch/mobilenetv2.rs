@@ -7,7 +7,7 @@
 //! fork's Caltech101 model instead (stride 2 in the stem and in the 24-channel stage), so a
 //! 224x224 image ends at 7x7 rather than 28x28 (49 times the work of the fork's runs).
 
-use super::Builder;
+use super::{Activation, Builder};
 
 /// (expansion, output channels, blocks, stride of the first block), CIFAR strides.
 pub const CFG: [(usize, usize, usize, usize); 7] = [
@@ -45,6 +45,7 @@ pub(super) fn layers(b: &mut Builder, num_classes: usize) {
                 out,
                 expansion,
                 stride,
+                Activation::Relu,
             );
             in_planes = out;
             index += 1;
@@ -57,7 +58,8 @@ pub(super) fn layers(b: &mut Builder, num_classes: usize) {
 }
 
 /// One block, in forward order: expand, depthwise, project, then the shortcut conv (if any)
-/// on the block's input. EfficientNet-B0's blocks start the same way.
+/// on the block's input. EfficientNet-B0's blocks start the same way, with a SiLU row after
+/// the first two batch norms where `activation` is SiLU.
 pub(super) fn inverted_residual(
     b: &mut Builder,
     p: &str,
@@ -65,13 +67,16 @@ pub(super) fn inverted_residual(
     out: usize,
     expansion: usize,
     stride: usize,
+    activation: Activation,
 ) {
     let input = b.shape.clone();
     let planes = expansion * in_planes;
     b.conv(&format!("{p}.conv1"), planes, 1, 1, 0, false);
     b.bn(&format!("{p}.bn1"));
+    b.activation(&format!("{p}.act1"), activation);
     b.grouped_conv(&format!("{p}.conv2"), planes, 3, stride, 1, false, planes);
     b.bn(&format!("{p}.bn2"));
+    b.activation(&format!("{p}.act2"), activation);
     b.conv(&format!("{p}.conv3"), out, 1, 1, 0, false);
     b.bn(&format!("{p}.bn3"));
     if stride == 1 && in_planes != out {

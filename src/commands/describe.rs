@@ -5,16 +5,20 @@ use std::io::Write;
 use clap::Args;
 use serde::Serialize;
 
-use crate::arch::{Backbone, InputShape, LayerKind, NetSpec, Totals};
+use crate::arch::{Activation, Backbone, InputShape, LayerKind, NetSpec, Totals};
 use crate::error::Error;
 use crate::shift::{Rounding, ShiftKind, ShiftSettings};
 
 #[derive(Debug, Args)]
 pub struct DescribeArgs {
     /// Backbone: resnet20, resnet32, resnet44, resnet56, small-cnn, mobilenetv2,
-    /// efficientnet-b0, vgg19 or googlenet.
+    /// efficientnet-b0, vgg19, googlenet or efficientnetv2-b0.
     #[arg(long, default_value = "resnet20")]
     pub model: String,
+    /// relu or silu, for efficientnet-b0 (default relu, the fork's); the other backbones have
+    /// one activation each.
+    #[arg(long)]
+    pub activation: Option<String>,
     /// Weight layers (conv and linear) converted to shift layers, counted from the output end;
     /// 0 = float network, the layer count or more = every layer.
     #[arg(long, default_value = "0", allow_negative_numbers = true)]
@@ -103,12 +107,27 @@ impl DescribeArgs {
             None if model == Backbone::SmallCnn => InputShape::new(1, 28, 28),
             None => InputShape::new(3, 32, 32),
         };
-        Ok(NetSpec::build(
+        let activation = match self.activation.as_deref() {
+            None => model.activations()[0],
+            Some(a) => match a.trim().to_ascii_lowercase().as_str() {
+                "relu" => Activation::Relu,
+                "silu" => Activation::Silu,
+                _ => {
+                    return Err(Error::Flag {
+                        flag: "--activation",
+                        value: a.to_string(),
+                        expected: "expected relu or silu",
+                    });
+                }
+            },
+        };
+        Ok(NetSpec::build_with(
             model,
             input,
             self.classes,
             settings,
             self.shift_depth as usize,
+            activation,
         )?)
     }
 }
@@ -170,8 +189,8 @@ fn write_table(spec: &NetSpec, t: &Totals, out: &mut dyn Write) -> std::io::Resu
     let (lo, hi) = s.shift_range();
     writeln!(
         out,
-        "{} on {} inputs, {} classes",
-        spec.model, spec.input, spec.num_classes
+        "{} on {} inputs, {} classes, {} activations",
+        spec.model, spec.input, spec.num_classes, spec.activation
     )?;
     writeln!(
         out,
@@ -223,7 +242,7 @@ fn write_table(spec: &NetSpec, t: &Totals, out: &mut dyn Write) -> std::io::Resu
                 stride,
                 padding,
             } => format!("{kernel}x{kernel}/{stride}/{padding}"),
-            LayerKind::GlobalAvgPool => "-".to_string(),
+            LayerKind::GlobalAvgPool | LayerKind::Silu => "-".to_string(),
         };
         let kind = if l.shift { "shift" } else { "float" };
         let what = match l.kind {
@@ -278,6 +297,14 @@ fn write_table(spec: &NetSpec, t: &Totals, out: &mut dyn Write) -> std::io::Resu
             out,
             "pool ops/img    {:>14}   (pooling compares and adds, float)",
             grouped(t.pool_ops)
+        )?;
+    }
+    if t.activation_ops > 0 {
+        writeln!(
+            out,
+            "SiLU ops/img    {:>14}   (float multiply-adds, {} per element: exp approximation, reciprocal, product)",
+            grouped(t.activation_ops),
+            crate::arch::SILU_MACS_PER_ELEMENT
         )?;
     }
     writeln!(out, "bias adds/img   {:>14}", grouped(t.bias_adds))?;

@@ -1,7 +1,8 @@
 //! Decoding JPEG/PNG files into fixed-size RGB planes, in parallel.
 //!
 //! Every image becomes 3 x H x W bytes whatever it was on disk: grey (and grey + alpha) is
-//! copied into the three channels, CMYK JPEGs are converted to RGB by the JPEG decoder, 16-bit
+//! copied into the three channels, CMYK JPEGs are converted to RGB by the JPEG decoder (stored
+//! values read as Adobe's inverted inks: R = C * K / 255, likewise G and B; no profile), 16-bit
 //! PNGs are scaled to 8 bits, and alpha is dropped (not blended onto a background). The file
 //! format is guessed from the content, so a PNG named `.jpg` still reads. A JPEG cut short is
 //! an error (the decoder alone would fill the missing part with grey).

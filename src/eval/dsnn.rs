@@ -559,6 +559,7 @@ mod tests {
             (Backbone::Resnet20, 20.0),
             (Backbone::Mobilenetv2, 58.0),
             (Backbone::EfficientnetB0, 84.0),
+            (Backbone::Efficientnetv2B0, 170.0),
         ] {
             let base = TrainConfig {
                 model,

@@ -10,7 +10,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::batch_norm::batch_norm_auto;
-use super::{ConvLayer, DenseLayer, Laps, SpecCursor, global_avg_pool};
+use super::{ConvLayer, DenseLayer, Laps, SpecCursor, activate, global_avg_pool};
 use crate::arch::{LayerKind, LayerSpec};
 
 /// The conv fields the block structure depends on.
@@ -45,6 +45,8 @@ pub struct InvertedResidual {
     pub bn3: BatchNorm,
     /// Whether the block input is added to its output (stride 1).
     pub residual: bool,
+    /// SiLU after the first two batch norms (the table has SiLU rows there), else ReLU.
+    pub silu: bool,
     pub shortcut: Option<Shortcut>,
 }
 
@@ -53,9 +55,11 @@ impl InvertedResidual {
         let (in_planes, _, _, _) = conv_fields(cursor.peek());
         let conv1 = cursor.conv(device);
         let bn1 = cursor.bn(device);
+        let silu = cursor.silu();
         let (_, _, stride, _) = conv_fields(cursor.peek());
         let conv2 = cursor.conv(device);
         let bn2 = cursor.bn(device);
+        cursor.expect_silu(silu);
         let (_, out_planes, _, _) = conv_fields(cursor.peek());
         let conv3 = cursor.conv(device);
         let bn3 = cursor.bn(device);
@@ -74,6 +78,7 @@ impl InvertedResidual {
             conv3,
             bn3,
             residual,
+            silu,
             shortcut,
         }
     }
@@ -91,10 +96,10 @@ impl InvertedResidual {
     pub fn main_path(&self, x: Tensor<4>, laps: &mut impl Laps) -> Tensor<4> {
         let out = laps.layer(self.conv1.forward(x));
         let out = laps.layer(batch_norm_auto(&self.bn1, out));
-        let out = laps.other(relu(out));
+        let out = activate(out, self.silu, laps);
         let out = laps.layer(self.conv2.forward(out));
         let out = laps.layer(batch_norm_auto(&self.bn2, out));
-        let out = laps.other(relu(out));
+        let out = activate(out, self.silu, laps);
         let out = laps.layer(self.conv3.forward(out));
         laps.layer(batch_norm_auto(&self.bn3, out))
     }

@@ -14,7 +14,9 @@ use crate::shift::layer::{ShiftConv2d, ShiftConv2dConfig, ShiftLinear, ShiftLine
 
 pub mod batch_norm;
 mod conv_bn;
+pub mod drop_connect;
 mod efficientnet;
+mod efficientnetv2;
 mod googlenet;
 mod mobilenetv2;
 mod resnet;
@@ -22,7 +24,9 @@ mod small_cnn;
 mod vgg;
 
 pub use conv_bn::ConvBn;
+pub use drop_connect::DropConnect;
 pub use efficientnet::{EfficientNet, SeBlock};
+pub use efficientnetv2::{ConvNorm, EfficientNetV2, FusedMbConv, MbConv, V2Block};
 pub use googlenet::{GoogLeNet, Inception};
 pub use mobilenetv2::{InvertedResidual, MobileNetV2, Shortcut};
 pub use resnet::{BasicBlock, ResNet};
@@ -205,6 +209,26 @@ impl<'a> SpecCursor<'a> {
             .init()
     }
 
+    /// Consumes a SiLU row if the next row is one: whether the activation here is SiLU
+    /// (tables without SiLU rows use ReLU, which has none).
+    fn silu(&mut self) -> bool {
+        let is_silu = self.peek().is_some_and(|l| l.kind == LayerKind::Silu);
+        if is_silu {
+            self.layers.next();
+        }
+        is_silu
+    }
+
+    /// Consumes the SiLU row a block built with SiLU must have here.
+    fn expect_silu(&mut self, silu: bool) {
+        if silu {
+            let spec = self.next("silu");
+            if spec.kind != LayerKind::Silu {
+                unreachable_spec(spec, "silu")
+            }
+        }
+    }
+
     /// A global-average-pool row; it has no module, see [`global_avg_pool`].
     fn global_avg_pool(&mut self) {
         let spec = self.next("avgpool");
@@ -219,6 +243,19 @@ impl<'a> SpecCursor<'a> {
             unreachable_spec(spec, "batchnorm")
         };
         burn::nn::BatchNormConfig::new(features).init(device)
+    }
+}
+
+/// ReLU, or SiLU where the table has a SiLU row (its lap is that row's).
+pub(crate) fn activate<const D: usize>(
+    x: Tensor<D>,
+    silu: bool,
+    laps: &mut impl Laps,
+) -> Tensor<D> {
+    if silu {
+        laps.layer(burn::tensor::activation::silu(x))
+    } else {
+        laps.other(burn::tensor::activation::relu(x))
     }
 }
 
@@ -246,6 +283,7 @@ pub enum Network {
     EfficientNet(EfficientNet),
     Vgg(Vgg),
     GoogLeNet(GoogLeNet),
+    EfficientNetV2(EfficientNetV2),
 }
 
 impl Network {
@@ -260,6 +298,9 @@ impl Network {
             }
             Backbone::Vgg19 => Network::Vgg(Vgg::init(&mut cursor, device)),
             Backbone::Googlenet => Network::GoogLeNet(GoogLeNet::init(&mut cursor, device)),
+            Backbone::Efficientnetv2B0 => {
+                Network::EfficientNetV2(EfficientNetV2::init(&mut cursor, device))
+            }
             _ => Network::ResNet(ResNet::init(&mut cursor, device)),
         }
     }
@@ -268,6 +309,17 @@ impl Network {
     /// - input `[batch, channels, height, width]`, output logits `[batch, classes]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         self.forward_with(x, &mut NoLaps)
+    }
+
+    /// The training forward pass: [`Network::forward`] with `drop` applied to the residual
+    /// branches of the EfficientNets (the other backbones have none; the config refuses drop
+    /// connect for them). On a device without autodiff (evaluation) it is `forward`.
+    pub fn forward_train(&self, x: Tensor<4>, drop: Option<&DropConnect>) -> Tensor<2> {
+        match self {
+            Network::EfficientNet(m) => m.forward_drop(x, &mut NoLaps, drop),
+            Network::EfficientNetV2(m) => m.forward_drop(x, &mut NoLaps, drop),
+            _ => self.forward(x),
+        }
     }
 
     /// The forward pass with `laps` told after every layer of the layer table (in table order)
@@ -280,6 +332,7 @@ impl Network {
             Network::EfficientNet(m) => m.forward_with(x, laps),
             Network::Vgg(m) => m.forward_with(x, laps),
             Network::GoogLeNet(m) => m.forward_with(x, laps),
+            Network::EfficientNetV2(m) => m.forward_with(x, laps),
         }
     }
 }

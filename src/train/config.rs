@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::optim::{OptimizerKind, OptimizerSettings};
-use crate::arch::{ArchError, Backbone, InputShape, NetSpec};
+use crate::arch::{Activation, ArchError, Backbone, InputShape, NetSpec};
 use crate::shift::{Rounding, SettingsError, ShiftKind, ShiftSettings};
 
 /// Learning-rate schedule over the training horizon.
@@ -92,6 +92,14 @@ fn d_schedule() -> Schedule {
 pub struct TrainConfig {
     #[serde(default = "d_model")]
     pub model: Backbone,
+    /// `relu` or `silu` for efficientnet-b0 (absent = relu, the fork's); any other model
+    /// accepts only the activation it is built with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation: Option<Activation>,
+    /// Drop connect (Tan & Le) for efficientnet-b0 and efficientnetv2-b0: the largest drop
+    /// probability of a residual branch, in [0, 1); 0 = off. See [`crate::model::DropConnect`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub drop_connect: f64,
     /// Weight layers converted to shift layers, from the output end (see README).
     /// The default (absent) converts every layer, the paper's default DSNN.
     #[serde(default = "d_depth", skip_serializing_if = "is_all")]
@@ -134,6 +142,10 @@ pub struct TrainConfig {
     pub schedule_epochs: Option<usize>,
     #[serde(default)]
     pub seed: u64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 fn is_all(d: &usize) -> bool {
@@ -202,17 +214,42 @@ impl TrainConfig {
         if self.batch_size == 0 {
             return Err(bad("batch_size", 0.0, "expected a positive integer"));
         }
+        if !(0.0..1.0).contains(&self.drop_connect) {
+            return Err(bad(
+                "drop_connect",
+                self.drop_connect,
+                "expected a probability in [0, 1) (0 = off)",
+            ));
+        }
+        if self.drop_connect > 0.0 && !self.model.has_drop_connect() {
+            return Err(bad(
+                "drop_connect",
+                self.drop_connect,
+                "drop connect applies to efficientnet-b0 and efficientnetv2-b0 only: remove it or set 0",
+            ));
+        }
+        if let Some(a) = self.activation
+            && !self.model.activations().contains(&a)
+        {
+            return Err(ArchError::Activation {
+                model: self.model,
+                activation: a,
+            }
+            .into());
+        }
         Ok(())
     }
 
     /// The layer table of this configuration for images of `dims` = [C, H, W].
     pub fn net_spec(&self, dims: [usize; 3], classes: usize) -> Result<NetSpec, ConfigError> {
-        Ok(NetSpec::build(
+        Ok(NetSpec::build_with(
             self.model,
             InputShape::new(dims[0], dims[1], dims[2]),
             classes,
             self.shift_settings(),
             self.shift_depth,
+            self.activation
+                .unwrap_or_else(|| self.model.activations()[0]),
         )?)
     }
 }
@@ -246,6 +283,55 @@ mod tests {
             c.validate().unwrap_err().to_string(),
             "momentum = 1.5: expected a number in [0, 1)"
         );
+    }
+
+    #[test]
+    fn efficientnet_options_are_checked_against_the_model() {
+        let silu = TrainConfig {
+            model: Backbone::EfficientnetB0,
+            activation: Some(Activation::Silu),
+            drop_connect: 0.2,
+            ..Default::default()
+        };
+        assert!(silu.validate().is_ok());
+        let spec = silu.net_spec([3, 32, 32], 10).unwrap();
+        assert_eq!(spec.activation, Activation::Silu);
+        let resnet = TrainConfig {
+            drop_connect: 0.2,
+            ..Default::default()
+        };
+        assert_eq!(
+            resnet.validate().unwrap_err().to_string(),
+            "drop_connect = 0.2: drop connect applies to efficientnet-b0 and efficientnetv2-b0 only: remove it or set 0"
+        );
+        let too_much = TrainConfig {
+            drop_connect: 1.0,
+            ..silu.clone()
+        };
+        assert!(
+            too_much
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("[0, 1)")
+        );
+        let v2_relu = TrainConfig {
+            model: Backbone::Efficientnetv2B0,
+            activation: Some(Activation::Relu),
+            ..Default::default()
+        };
+        assert_eq!(
+            v2_relu.validate().unwrap_err().to_string(),
+            "activation = \"relu\" does not apply to efficientnetv2-b0: efficientnetv2-b0 is built with \"silu\""
+        );
+        let parsed: TrainConfig = serde_json::from_value(serde_json::json!(
+            {"model": "efficientnet-b0", "activation": "silu", "drop_connect": 0.2}
+        ))
+        .unwrap();
+        assert_eq!(parsed, silu);
+        // Off by default and left out of stored configurations, which stay as they were.
+        let text = serde_json::to_string(&TrainConfig::default()).unwrap();
+        assert!(!text.contains("\"activation\"") && !text.contains("drop_connect"));
     }
 
     #[test]

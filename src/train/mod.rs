@@ -256,7 +256,9 @@ pub fn train_network(
             let (x, y) = to_tensors(&batch, &ad);
             let n = batch.len;
             prefetch.recycle(batch);
-            let logits = model.forward(x);
+            let drop =
+                crate::model::DropConnect::for_step(cfg.drop_connect, cfg.seed, global_step as u64);
+            let logits = model.forward_train(x, drop.as_ref());
             let loss = loss_fn.forward(logits, y);
             let loss_value = loss.clone().into_scalar::<f32>() as f64;
             if !loss_value.is_finite() {
