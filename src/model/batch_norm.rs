@@ -913,14 +913,14 @@ mod tests {
         .enumerate()
         {
             let case = Case::new(shape, 2.0, 20 + i as u64, training);
-            let short = case.run_with(&autodiff, |bn, x| batch_norm_short_reductions(bn, x));
+            let short = case.run_with(&autodiff, batch_norm_short_reductions);
             let burn = case.run(&autodiff, false);
             compare(&format!("{shape:?} training {training}"), &short, &burn);
         }
         let rank2 = Case::new([6, 5], 0.5, 30, true);
         compare(
             "[6, 5]",
-            &rank2.run_with(&autodiff, |bn, x| batch_norm_short_reductions(bn, x)),
+            &rank2.run_with(&autodiff, batch_norm_short_reductions),
             &rank2.run(&autodiff, false),
         );
     }
