@@ -142,9 +142,13 @@ pub fn batch_norm_eval<const D: usize>(
 }
 
 /// `bn.forward(x)` with the fused op where it applies and the fused CPU path is enabled (the
-/// switch of [`cpu_conv::enabled`]): same mode choice, same running-statistics update.
+/// switch of [`cpu_conv::enabled`]): same mode choice, same running-statistics update. Off the
+/// CPU it is [`batch_norm_short_reductions`], which works around burn's statistics on wgpu.
 pub fn batch_norm_auto<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
-    if !(cpu_conv::enabled() && cpu_conv::applies(&x)) {
+    if !cpu_conv::applies(&x) {
+        return batch_norm_short_reductions(bn, x);
+    }
+    if !cpu_conv::enabled() {
         return bn.forward(x);
     }
     let [features] = bn.gamma.shape().dims();
@@ -173,6 +177,55 @@ pub fn batch_norm_auto<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D
         let var = bn.running_var.value().to_device(&device);
         batch_norm_eval(x, bn.gamma.val(), bn.beta.val(), mean, var, bn.epsilon)
     }
+}
+
+/// `bn.forward(x)` from generic tensor ops whose reductions each run over one axis of the
+/// input (pixels, then images), for the GPU backends.
+///
+/// burn 0.22.1's `BatchNorm` computes the training statistics in `ModuleOps::batch_norm_train`'s
+/// default (burn-backend `ops/modules/base.rs`): `swap_dims(0, 1)`, reshape to
+/// `[channels, batch * pixels]`, `mean_dim(1)`. On wgpu (lavapipe) that gives wrong statistics
+/// once a channel holds 131,072 values (ResNet20's first layers at batch 128 on 32x32): the
+/// normalized output had std 148 instead of 1, and training diverged (issue 13). At 16,384 and
+/// 50,176 values per channel it was right. Same semantics as [`batch_norm_auto`]: batch
+/// statistics (biased variance) in training mode on an autodiff device, running ones otherwise.
+pub fn batch_norm_short_reductions<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
+    let dims = x.dims();
+    let [features] = bn.gamma.shape().dims();
+    assert!(
+        D >= 2 && dims[1] == features,
+        "batch norm over {features} features got input {dims:?}"
+    );
+    let (batch, pixels) = (dims[0], dims[2..].iter().product::<usize>());
+    let x = x.reshape([batch, features, pixels]);
+    let device = x.device();
+    let per_channel = |t: Tensor<1>| t.reshape([1, features, 1]);
+    let (mean, var) = if device.is_autodiff() && bn.training.is_enabled() {
+        let mean = x.clone().mean_dim(2).mean_dim(0);
+        let centered = x.clone() - mean.clone();
+        let var = (centered.clone() * centered).mean_dim(2).mean_dim(0);
+        let m = bn.momentum;
+        let running_mean = bn.running_mean.value_sync().to_device(&device);
+        let running_var = bn.running_var.value_sync().to_device(&device);
+        let batch_mean = mean.clone().detach().reshape([features]);
+        let batch_var = var.clone().detach().reshape([features]);
+        bn.running_mean.update(
+            running_mean
+                .mul_scalar(1.0 - m)
+                .add(batch_mean.mul_scalar(m)),
+        );
+        bn.running_var
+            .update(running_var.mul_scalar(1.0 - m).add(batch_var.mul_scalar(m)));
+        (mean, var)
+    } else {
+        (
+            per_channel(bn.running_mean.value().to_device(&device)),
+            per_channel(bn.running_var.value().to_device(&device)),
+        )
+    };
+    let std = (var + bn.epsilon).sqrt();
+    let out = (x - mean) / std * per_channel(bn.gamma.val()) + per_channel(bn.beta.val());
+    out.reshape(dims)
 }
 
 impl FusedBatchNorm for Flex {
@@ -659,18 +712,24 @@ mod tests {
         }
 
         fn run(&self, device: &Device, fused: bool) -> Run {
+            self.run_with(device, |bn, x| {
+                if fused {
+                    assert!(cpu_conv::applies(&x));
+                    with_fused(true, || batch_norm_auto(bn, x))
+                } else {
+                    bn.forward(x)
+                }
+            })
+        }
+
+        fn run_with(&self, device: &Device, f: impl Fn(&BatchNorm, Tensor<D>) -> Tensor<D>) -> Run {
             let channels = self.x.shape()[1];
             let bn = module(channels, self.seed, self.training, device);
             let mut x = Tensor::<D>::from_data(self.x.clone(), device);
             if device.is_autodiff() {
                 x = x.require_grad();
             }
-            let out = if fused {
-                assert!(cpu_conv::applies(&x));
-                with_fused(true, || batch_norm_auto(&bn, x.clone()))
-            } else {
-                bn.forward(x.clone())
-            };
+            let out = f(&bn, x.clone());
             let grads = device.is_autodiff().then(|| {
                 let r = Tensor::<D>::from_data(self.r.clone(), device);
                 let g = (out.clone() * r).sum().backward();
@@ -838,6 +897,32 @@ mod tests {
         let device = Device::flex().autodiff();
         Case::new([4, 5], 0.0, 5, true).check(&device);
         Case::new([3, 5, 7], 1.0, 6, true).check(&device);
+    }
+
+    /// The GPU path's batch norm (issue 13) keeps burn's semantics: output, gradients and
+    /// running statistics, training and eval, on the CPU where burn's own path is right.
+    #[test]
+    fn short_reductions_match_burn() {
+        let autodiff = Device::flex().autodiff();
+        for (i, (shape, training)) in [
+            ([4, 3, 5, 7], true),
+            ([16, 8, 6, 6], true),
+            ([4, 3, 5, 7], false),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let case = Case::new(shape, 2.0, 20 + i as u64, training);
+            let short = case.run_with(&autodiff, batch_norm_short_reductions);
+            let burn = case.run(&autodiff, false);
+            compare(&format!("{shape:?} training {training}"), &short, &burn);
+        }
+        let rank2 = Case::new([6, 5], 0.5, 30, true);
+        compare(
+            "[6, 5]",
+            &rank2.run_with(&autodiff, batch_norm_short_reductions),
+            &rank2.run(&autodiff, false),
+        );
     }
 
     #[test]
