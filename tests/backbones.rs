@@ -7,15 +7,10 @@ use burn::tensor::{Device, Distribution, Gradients, Tensor};
 use dsnn_hpo::arch::{Backbone, InputShape, LayerKind, NetSpec};
 use dsnn_hpo::model::{Laps, Network};
 use dsnn_hpo::shift::{ShiftKind, ShiftSettings};
+mod common;
+use common::rng_lock;
 
 /// burn's backend RNG is process-wide: tests that draw from it hold this lock.
-static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
-    RNG.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 fn spec(model: Backbone, kind: ShiftKind, depth: usize) -> NetSpec {
     let settings = ShiftSettings {
         kind,

@@ -7,29 +7,9 @@ use burn::tensor::{Device, Tensor};
 use dsnn_hpo::arch::{Backbone, InputShape, NetSpec};
 use dsnn_hpo::model::{ConvLayer, DenseLayer, InvertedResidual, Network};
 use dsnn_hpo::shift::layer::ShiftParams;
-use dsnn_hpo::shift::{Rounding, ShiftKind, ShiftSettings};
-
-/// burn's backend RNG is process-wide: tests that seed or draw from it hold this lock.
-static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
-    RNG.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().try_to_vec::<f32>().unwrap()
-}
-
-fn settings(kind: ShiftKind) -> ShiftSettings {
-    ShiftSettings {
-        kind,
-        weight_bits: 5,
-        rounding: Rounding::Deterministic,
-        activation_integer_bits: 16,
-        activation_fraction_bits: 16,
-    }
-}
+use dsnn_hpo::shift::ShiftKind;
+mod common;
+use common::{rng_lock, settings, vals};
 
 const MOBILENET: Backbone = Backbone::Mobilenetv2;
 const EFFICIENTNET: Backbone = Backbone::EfficientnetB0;

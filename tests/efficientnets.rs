@@ -7,30 +7,10 @@ use burn::tensor::{Device, Distribution, Tensor};
 use dsnn_hpo::arch::{Activation, Backbone, InputShape, NetSpec};
 use dsnn_hpo::data::{DataConfig, LoadedData};
 use dsnn_hpo::model::{ConvLayer, DropConnect, Network, V2Block};
-use dsnn_hpo::shift::{Rounding, ShiftKind, ShiftSettings};
+use dsnn_hpo::shift::ShiftKind;
 use dsnn_hpo::train::{Quiet, RunOptions, TrainConfig, train};
-
-/// burn's backend RNG is process-wide: tests that seed or draw from it hold this lock.
-static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
-    RNG.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().try_to_vec::<f32>().unwrap()
-}
-
-fn settings(kind: ShiftKind) -> ShiftSettings {
-    ShiftSettings {
-        kind,
-        weight_bits: 5,
-        rounding: Rounding::Deterministic,
-        activation_integer_bits: 16,
-        activation_fraction_bits: 16,
-    }
-}
+mod common;
+use common::{rng_lock, settings, vals};
 
 fn spec(model: Backbone, act: Activation, kind: ShiftKind, depth: usize, side: usize) -> NetSpec {
     NetSpec::build_with(

@@ -10,27 +10,18 @@ use dsnn_hpo::shift::quant::{
     fixed_point, pow2, ps_weight, q_weight, quantize_ps, quantize_q, round,
 };
 use dsnn_hpo::shift::{Rounding, ShiftKind, ShiftSettings};
+mod common;
+use common::{rng_lock, vals};
 
 /// burn's backend RNG is process-wide and tests run on parallel threads: every test that seeds
 /// it or draws from it (stochastic rounding, initialisation, random inputs) holds this lock, so
 /// another test's draws cannot land between a seed and the draws it should fix.
-static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
-    RNG.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 fn cpu() -> Device {
     Device::flex()
 }
 
 fn t1(v: &[f32], device: &Device) -> Tensor<1> {
     Tensor::from_data(TensorData::new(v.to_vec(), [v.len()]), device)
-}
-
-fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().try_to_vec::<f32>().unwrap()
 }
 
 const DET: Rounding = Rounding::Deterministic;

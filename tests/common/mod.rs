@@ -1,0 +1,29 @@
+//! Helpers shared by the burn-side integration tests (each `tests/*.rs` is its own crate and
+//! uses a subset, hence the `dead_code` allowance).
+#![allow(dead_code)]
+
+use burn::tensor::Tensor;
+use dsnn_hpo::shift::{Rounding, ShiftKind, ShiftSettings};
+
+/// burn's backend RNG is process-wide: tests that seed or draw from it hold this lock.
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    RNG.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+pub fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+/// 5-bit shifts, deterministic rounding, 16.16 activations: the backbone tests' layers.
+pub fn settings(kind: ShiftKind) -> ShiftSettings {
+    ShiftSettings {
+        kind,
+        weight_bits: 5,
+        rounding: Rounding::Deterministic,
+        activation_integer_bits: 16,
+        activation_fraction_bits: 16,
+    }
+}
