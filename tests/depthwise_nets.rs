@@ -6,8 +6,8 @@ use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 use dsnn_hpo::arch::{Backbone, InputShape, NetSpec};
 use dsnn_hpo::model::{ConvLayer, DenseLayer, InvertedResidual, Network};
-use dsnn_hpo::shift::layer::ShiftParams;
 use dsnn_hpo::shift::ShiftKind;
+use dsnn_hpo::shift::layer::ShiftParams;
 mod common;
 use common::{rng_lock, settings, vals};
 

@@ -593,27 +593,53 @@ unsafe fn weight_images_generic<S: Simd>(
     let (x_image, y_image) = (plan.padded_len(), plan.cout * n);
     let (full, tails): (Vec<Vector>, Vec<Vector>) =
         plan.vectors.iter().partition(|v| v.lanes == LANES);
+    // The group's full vectors, image after image, as offsets from its first image.
+    let entries: Vec<Vector> = (0..count)
+        .flat_map(|img| {
+            full.iter().map(move |v| Vector {
+                input: img * x_image + v.input,
+                output: img * y_image + v.output,
+                lanes: LANES,
+            })
+        })
+        .collect();
+    let ci_tiles = plan.cin.div_ceil(CI_TILE);
+    let zero = [[unsafe { S::zero() }; CI_TILE]; CO_TILE];
+    // Each (input tile, tap)'s accumulators, kept between blocks of vectors.
+    let mut sums = vec![zero; ci_tiles * taps];
     for co0 in (0..plan.cout).step_by(CO_TILE) {
         // Offsets of the tile's output-gradient planes in an image (the last one repeated past
         // `cout`).
         let gy: [usize; CO_TILE] = std::array::from_fn(|c| (co0 + c).min(plan.cout - 1) * n);
-        for ci0 in (0..plan.cin).step_by(CI_TILE) {
-            let xs: [usize; CI_TILE] = std::array::from_fn(|k| (ci0 + k).min(plan.cin - 1) * plane);
-            for (t, &tap) in plan.taps.iter().enumerate() {
-                // Full vectors and row tails in separate accumulators: one loop at a time keeps
-                // them in registers (sharing them, the compiler spilled two to the stack).
-                let mut a = [[unsafe { S::zero() }; CI_TILE]; CO_TILE];
-                for img in 0..count {
+        sums.fill(zero);
+        // Blocks of vectors small enough that the tile's output gradients (6 x 32 vectors,
+        // 6 KiB) stay in level 1 while every input tile and tap passes over them: streamed
+        // whole planes at a time they came from level 2 for each, and the kernel ran at 60% of
+        // the forward kernel's rate.
+        for block in entries.chunks(VECTORS_PER_BLOCK) {
+            for (ct, a) in sums.chunks_exact_mut(taps).enumerate() {
+                let ci0 = ct * CI_TILE;
+                let xs: [usize; CI_TILE] =
+                    std::array::from_fn(|k| (ci0 + k).min(plan.cin - 1) * plane);
+                for (a, &tap) in a.iter_mut().zip(&plan.taps) {
                     // SAFETY: every load lies in `padded` (checked) or in an output-gradient
-                    // plane of image `img` (vectors inside the plane).
+                    // plane of one of the group's images (vectors inside the plane).
                     unsafe {
-                        let x = padded.as_ptr().add(img * x_image + tap);
-                        let g = dy.as_ptr().add(img * y_image);
-                        dot_vectors::<S>(&mut a, x, &xs, g, &gy, &full);
+                        let x = padded.as_ptr().add(tap);
+                        dot_vectors::<S>(a, x, &xs, dy.as_ptr(), &gy, block);
                     }
                 }
-                if !tails.is_empty() {
-                    let mut b = [[unsafe { S::zero() }; CI_TILE]; CO_TILE];
+            }
+        }
+        if !tails.is_empty() {
+            for (ct, a) in sums.chunks_exact_mut(taps).enumerate() {
+                let ci0 = ct * CI_TILE;
+                let xs: [usize; CI_TILE] =
+                    std::array::from_fn(|k| (ci0 + k).min(plan.cin - 1) * plane);
+                for (a, &tap) in a.iter_mut().zip(&plan.taps) {
+                    // Row tails in accumulators of their own (one loop at a time keeps them
+                    // in registers), added at the end.
+                    let mut b = zero;
                     for img in 0..count {
                         // Lanes past the row's end read zeros, so the input lanes they meet
                         // (the next row's first pixels) add nothing.
@@ -644,7 +670,12 @@ unsafe fn weight_images_generic<S: Simd>(
                         }
                     }
                 }
-                for (c, row) in a.iter().enumerate().take(plan.cout - co0) {
+            }
+        }
+        for (ct, a) in sums.chunks_exact(taps).enumerate() {
+            let ci0 = ct * CI_TILE;
+            for (t, tile) in a.iter().enumerate() {
+                for (c, row) in tile.iter().enumerate().take(plan.cout - co0) {
                     for (k, v) in row.iter().enumerate().take(plan.cin - ci0) {
                         acc[((co0 + c) * plan.cin + ci0 + k) * taps + t] +=
                             lane_sum(S::to_array(*v));
@@ -654,6 +685,9 @@ unsafe fn weight_images_generic<S: Simd>(
         }
     }
 }
+
+/// Vectors per block of the weight-gradient kernel (see `weight_images_generic`).
+const VECTORS_PER_BLOCK: usize = 32;
 
 /// `a[c][k] += Σ_v gradient(c, v) · input(k, v)` over `vectors`: the gradient vector of output
 /// channel `c` at `g + gy[c] + v.output`, the input vector of channel `k` at `x + xs[k] +
