@@ -153,14 +153,21 @@ impl Plan {
     /// `grid` when given (zero stays zero on every grid, so the borders may be quantized too).
     fn pad_image(&self, img: &[f32], grid: Option<FixedPoint>, dst: &mut [f32]) {
         let (hw, plane) = (self.h * self.w, self.plane());
-        dst.fill(0.0);
+        let ([ph, pw], cols) = (self.pad, self.cols);
         for c in 0..self.cin {
             let src = &img[c * hw..][..hw];
             let out = &mut dst[c * plane..][..plane];
+            // Only the border is zeroed: the rows above and below, and each row's margins.
+            out[..ph * cols].fill(0.0);
+            out[(ph + self.h) * cols..].fill(0.0);
             for (y, row) in src.chunks_exact(self.w).enumerate() {
-                out[(y + self.pad[0]) * self.cols + self.pad[1]..][..self.w].copy_from_slice(row);
+                let line = &mut out[(y + ph) * cols..][..cols];
+                line[..pw].fill(0.0);
+                line[pw..pw + self.w].copy_from_slice(row);
+                line[pw + self.w..].fill(0.0);
             }
         }
+        dst[self.cin * plane..].fill(0.0);
         if let Some(grid) = grid {
             fixed_point_in_place(&mut dst[..self.cin * plane], grid);
         }
