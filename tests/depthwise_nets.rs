@@ -9,7 +9,7 @@ use dsnn_hpo::model::{ConvLayer, DenseLayer, InvertedResidual, Network};
 use dsnn_hpo::shift::ShiftKind;
 use dsnn_hpo::shift::layer::ShiftParams;
 mod common;
-use common::{rng_lock, settings, vals};
+use common::{Shapes, rng_lock, settings, vals};
 
 const MOBILENET: Backbone = Backbone::Mobilenetv2;
 const EFFICIENTNET: Backbone = Backbone::EfficientnetB0;
@@ -260,19 +260,6 @@ fn the_fused_cpu_convolution_gives_burns_eval_logits_on_small_maps() {
                 "{model} {kind} depth {depth}: eval logits differ by {d:e}"
             );
         }
-    }
-}
-
-/// Records the per-image shape of every table layer's output, in the order the forward runs.
-struct Shapes(Vec<Vec<usize>>);
-
-impl dsnn_hpo::model::Laps for Shapes {
-    fn layer<const D: usize>(&mut self, t: Tensor<D>) -> Tensor<D> {
-        self.0.push(t.dims()[1..].to_vec());
-        t
-    }
-    fn other<const D: usize>(&mut self, t: Tensor<D>) -> Tensor<D> {
-        t
     }
 }
 

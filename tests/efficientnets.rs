@@ -10,7 +10,7 @@ use dsnn_hpo::model::{ConvLayer, DropConnect, Network, V2Block};
 use dsnn_hpo::shift::ShiftKind;
 use dsnn_hpo::train::{Quiet, RunOptions, TrainConfig, train};
 mod common;
-use common::{rng_lock, settings, vals};
+use common::{Shapes, rng_lock, settings, vals};
 
 fn spec(model: Backbone, act: Activation, kind: ShiftKind, depth: usize, side: usize) -> NetSpec {
     NetSpec::build_with(
@@ -26,19 +26,6 @@ fn spec(model: Backbone, act: Activation, kind: ShiftKind, depth: usize, side: u
 
 const B0: Backbone = Backbone::EfficientnetB0;
 const V2: Backbone = Backbone::Efficientnetv2B0;
-
-/// Records the per-image shape of every table layer's output, in the order the forward runs.
-struct Shapes(Vec<Vec<usize>>);
-
-impl dsnn_hpo::model::Laps for Shapes {
-    fn layer<const D: usize>(&mut self, t: Tensor<D>) -> Tensor<D> {
-        self.0.push(t.dims()[1..].to_vec());
-        t
-    }
-    fn other<const D: usize>(&mut self, t: Tensor<D>) -> Tensor<D> {
-        t
-    }
-}
 
 #[test]
 fn the_forward_runs_the_table_in_order_silu_rows_included() {

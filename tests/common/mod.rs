@@ -27,3 +27,16 @@ pub fn settings(kind: ShiftKind) -> ShiftSettings {
         activation_fraction_bits: 16,
     }
 }
+
+/// Records the per-image shape of every table layer's output, in the order the forward runs.
+pub struct Shapes(pub Vec<Vec<usize>>);
+
+impl dsnn_hpo::model::Laps for Shapes {
+    fn layer<const D: usize>(&mut self, t: Tensor<D>) -> Tensor<D> {
+        self.0.push(t.dims()[1..].to_vec());
+        t
+    }
+    fn other<const D: usize>(&mut self, t: Tensor<D>) -> Tensor<D> {
+        t
+    }
+}
