@@ -284,6 +284,11 @@ fn one() -> usize {
 }
 
 impl LayerKind {
+    /// A convolution with more than one group (depthwise or grouped).
+    pub fn is_grouped_conv(&self) -> bool {
+        matches!(self, LayerKind::Conv { groups, .. } if *groups > 1)
+    }
+
     pub fn short_name(&self) -> &'static str {
         match self {
             LayerKind::Conv { .. } => "conv",
@@ -371,6 +376,18 @@ pub struct Totals {
 }
 
 impl NetSpec {
+    /// Convolutions in the table, and how many of them are grouped: what the reference
+    /// implementations' counts are stated in.
+    #[cfg(test)]
+    pub(crate) fn conv_counts(&self) -> (usize, usize) {
+        let convs = self
+            .layers
+            .iter()
+            .filter(|l| matches!(l.kind, LayerKind::Conv { .. }));
+        let grouped = convs.clone().filter(|l| l.kind.is_grouped_conv()).count();
+        (convs.count(), grouped)
+    }
+
     /// Builds the layer table of `model` with its default activation (see
     /// [`NetSpec::build_with`]).
     pub fn build(

@@ -9,7 +9,7 @@ use dsnn_hpo::model::{ConvLayer, DenseLayer, InvertedResidual, Network};
 use dsnn_hpo::shift::ShiftKind;
 use dsnn_hpo::shift::layer::ShiftParams;
 mod common;
-use common::{Shapes, rng_lock, settings, vals};
+use common::{Shapes, burn_params, rng_lock, settings, vals};
 
 const MOBILENET: Backbone = Backbone::Mobilenetv2;
 const EFFICIENTNET: Backbone = Backbone::EfficientnetB0;
@@ -107,17 +107,9 @@ fn the_burn_modules_have_the_tables_parameters_at_depth_0_and_all() {
                 spec.totals().shift_layers.min(depth),
                 "{model} {kind} {depth}"
             );
-            // burn counts batch norm's running mean and variance as parameters too: two per
-            // feature, i.e. as many as the scales and shifts the table counts.
-            let bn: u64 = spec
-                .layers
-                .iter()
-                .filter(|l| l.kind.short_name() == "batchnorm")
-                .map(|l| l.params())
-                .sum();
             assert_eq!(
                 net.num_params() as u64,
-                spec.totals().trainable + bn,
+                burn_params(&spec),
                 "{model} {kind} depth {depth}"
             );
         }

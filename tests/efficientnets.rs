@@ -10,7 +10,7 @@ use dsnn_hpo::model::{ConvLayer, DropConnect, Network, V2Block};
 use dsnn_hpo::shift::ShiftKind;
 use dsnn_hpo::train::{Quiet, RunOptions, TrainConfig, train};
 mod common;
-use common::{Shapes, rng_lock, settings, vals};
+use common::{Shapes, burn_params, rng_lock, settings, vals};
 
 fn spec(model: Backbone, act: Activation, kind: ShiftKind, depth: usize, side: usize) -> NetSpec {
     NetSpec::build_with(
@@ -49,16 +49,9 @@ fn efficientnetv2_modules_have_the_tables_parameters() {
     for (kind, depth) in [(ShiftKind::Q, 0), (ShiftKind::Ps, 170)] {
         let spec = spec(V2, Activation::Silu, kind, depth, 32);
         let net = Network::init(&spec, &device);
-        // burn counts batch norm's running mean and variance as parameters too.
-        let bn: u64 = spec
-            .layers
-            .iter()
-            .filter(|l| l.kind.short_name() == "batchnorm")
-            .map(|l| l.params())
-            .sum();
         assert_eq!(
             net.num_params() as u64,
-            spec.totals().trainable + bn,
+            burn_params(&spec),
             "{kind} {depth}"
         );
         let Network::EfficientNetV2(m) = &net else {

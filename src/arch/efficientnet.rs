@@ -91,15 +91,7 @@ mod tests {
         // parameters, 83 convs (16 depthwise), 1 linear; FlopCounterMode: 26,977,792 conv +
         // linear MACs per 3x32x32 image.
         let n = net(32, 0);
-        let convs = n
-            .layers
-            .iter()
-            .filter(|l| matches!(l.kind, LayerKind::Conv { .. }));
-        let depthwise = convs
-            .clone()
-            .filter(|l| matches!(l.kind, LayerKind::Conv { groups, .. } if groups > 1))
-            .count();
-        assert_eq!((convs.count(), depthwise), (83, 16));
+        assert_eq!(n.conv_counts(), (83, 16));
         let t = n.totals();
         assert_eq!(t.params, 2_912_089);
         assert_eq!(t.weight_layers, 84);

@@ -134,15 +134,7 @@ mod tests {
         // (30 depthwise), 1 linear, 40 nn.SiLU modules + 61 F.silu calls; FlopCounterMode:
         // 252,578,048 conv + linear MACs per 3x32x32 image.
         let n = net(32, 10, 0);
-        let convs = n
-            .layers
-            .iter()
-            .filter(|l| matches!(l.kind, LayerKind::Conv { .. }));
-        let depthwise = convs
-            .clone()
-            .filter(|l| matches!(l.kind, LayerKind::Conv { groups, .. } if groups > 1))
-            .count();
-        assert_eq!((convs.count(), depthwise), (169, 30));
+        assert_eq!(n.conv_counts(), (169, 30));
         let t = n.totals();
         assert_eq!(t.params, 37_837_202);
         assert_eq!(net(32, 101, 0).totals().params, 37_860_589);

@@ -136,11 +136,7 @@ mod tests {
     #[test]
     fn depthwise_convs_count_one_input_channel_per_filter() {
         let n = net(32, 10, 0);
-        let dw = n
-            .layers
-            .iter()
-            .find(|l| matches!(l.kind, LayerKind::Conv { groups, .. } if groups > 1))
-            .unwrap();
+        let dw = n.layers.iter().find(|l| l.kind.is_grouped_conv()).unwrap();
         // The first block's depthwise conv: 32 channels, 3x3, at 32x32.
         assert_eq!(dw.name, "layers.0.conv2");
         assert_eq!((dw.weights, dw.macs), (32 * 9, 32 * 9 * 32 * 32));

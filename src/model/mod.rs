@@ -168,7 +168,7 @@ impl<'a> SpecCursor<'a> {
     fn depthwise_left(&self) -> usize {
         self.layers
             .clone()
-            .filter(|l| matches!(l.kind, LayerKind::Conv { groups, .. } if groups > 1))
+            .filter(|l| l.kind.is_grouped_conv())
             .count()
     }
 

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use burn::tensor::Tensor;
+use dsnn_hpo::arch::NetSpec;
 use dsnn_hpo::shift::{Rounding, ShiftKind, ShiftSettings};
 
 /// burn's backend RNG is process-wide: tests that seed or draw from it hold this lock.
@@ -39,4 +40,17 @@ impl dsnn_hpo::model::Laps for Shapes {
     fn other<const D: usize>(&mut self, t: Tensor<D>) -> Tensor<D> {
         t
     }
+}
+
+/// The parameter count burn reports for a network built from `spec`: the table's trainable
+/// scalars plus batch norm's running mean and variance, which burn counts too (two per
+/// feature, as many as the scales and shifts the table counts).
+pub fn burn_params(spec: &NetSpec) -> u64 {
+    let bn: u64 = spec
+        .layers
+        .iter()
+        .filter(|l| l.kind.short_name() == "batchnorm")
+        .map(|l| l.params())
+        .sum();
+    spec.totals().trainable + bn
 }
