@@ -22,6 +22,8 @@ pub mod device;
 #[cfg(feature = "dsnn")]
 pub mod model;
 #[cfg(feature = "dsnn")]
+pub mod par_buffer;
+#[cfg(feature = "dsnn")]
 pub mod progress;
 #[cfg(feature = "dsnn")]
 pub mod search;

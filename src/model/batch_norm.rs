@@ -28,6 +28,8 @@ use burn::nn::BatchNorm;
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
+use crate::par_buffer::par_filled;
+
 use crate::shift::cpu_conv;
 
 /// Forward results on a backend's primitives; `mean`, `var` and `inv_std` are `[channels]`.
@@ -598,38 +600,31 @@ fn normalize(
     mean: &[f32],
     inv_std: &[f32],
 ) -> Vec<f32> {
-    let mut out = vec![0.0f32; x.len()];
-    out.par_chunks_mut(lay.plane)
-        .zip(x.par_chunks(lay.plane))
-        .with_min_len(lay.min_planes())
-        .enumerate()
-        .for_each(|(p, (y, x))| {
-            let c = p % lay.channels;
-            let (m, k, b) = (mean[c], gamma[c] * inv_std[c], beta[c]);
-            for (y, &x) in y.iter_mut().zip(x) {
-                *y = (x - m) * k + b;
-            }
-        });
-    out
+    par_filled(lay.plane, lay.planes, lay.min_planes(), |p, y| {
+        let x = &x[p * lay.plane..][..lay.plane];
+        let c = p % lay.channels;
+        let (m, k, b) = (mean[c], gamma[c] * inv_std[c], beta[c]);
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = (x - m) * k + b;
+        }
+    })
 }
 
 /// `dx = k * (dy - a - (x - mean) * b)` with per-channel `[k, a, b]`: `k = gamma * inv_std`,
 /// and for batch statistics `a = mean(dy)`, `b = mean(dy * (x - mean)) * inv_std²` (zero for
 /// constant statistics).
 fn grad_input(lay: &Layout, x: &[f32], dy: &[f32], mean: &[f32], coeffs: &[[f32; 3]]) -> Vec<f32> {
-    let mut dx = vec![0.0f32; x.len()];
-    dx.par_chunks_mut(lay.plane)
-        .zip(x.par_chunks(lay.plane).zip(dy.par_chunks(lay.plane)))
-        .with_min_len(lay.min_planes())
-        .enumerate()
-        .for_each(|(p, (dx, (x, dy)))| {
-            let c = p % lay.channels;
-            let ([k, a, b], m) = (coeffs[c], mean[c]);
-            for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
-                *dx = k * (dy - a - (x - m) * b);
-            }
-        });
-    dx
+    par_filled(lay.plane, lay.planes, lay.min_planes(), |p, dx| {
+        let (x, dy) = (
+            &x[p * lay.plane..][..lay.plane],
+            &dy[p * lay.plane..][..lay.plane],
+        );
+        let c = p % lay.channels;
+        let ([k, a, b], m) = (coeffs[c], mean[c]);
+        for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+            *dx = k * (dy - a - (x - m) * b);
+        }
+    })
 }
 
 #[cfg(test)]

@@ -36,6 +36,8 @@ use burn::backend::{
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Tensor, TensorData};
 use rayon::prelude::*;
+
+use crate::par_buffer::par_filled;
 use std::cell::RefCell;
 
 use super::cpu_quant::{FixedPoint, fixed_point_in_place};
@@ -760,33 +762,30 @@ fn forward(geo: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f3
 /// The unfolding path of [`forward`].
 fn gemm_forward(geo: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     let (k, n, cog) = (geo.k(), geo.n(), geo.cog);
-    let mut out = vec![0.0f32; geo.batch * geo.y_image()];
-    out.par_chunks_mut(geo.y_image())
-        .zip(x.par_chunks(geo.x_image()))
-        .for_each(|(y_img, x_img)| {
-            with_scratch(geo.col_len(), |col| {
-                for g in 0..geo.groups {
-                    let y_g = &mut y_img[g * cog * n..][..cog * n];
-                    if let Some(b) = bias {
-                        for (row, &v) in y_g.chunks_exact_mut(n).zip(&b[g * cog..][..cog]) {
-                            row.fill(v);
-                        }
+    par_filled(geo.y_image(), geo.batch, 1, |b, y_img| {
+        let x_img = &x[b * geo.x_image()..][..geo.x_image()];
+        with_scratch(geo.col_len(), |col| {
+            for g in 0..geo.groups {
+                let y_g = &mut y_img[g * cog * n..][..cog * n];
+                if let Some(b) = bias {
+                    for (row, &v) in y_g.chunks_exact_mut(n).zip(&b[g * cog..][..cog]) {
+                        row.fill(v);
                     }
-                    let w_g = Mat {
-                        data: &w[g * cog * k..][..cog * k],
-                        rs: k,
-                        cs: 1,
-                    };
-                    let col_g = Mat {
-                        data: geo.unfolded(x_img, g, col),
-                        rs: n,
-                        cs: 1,
-                    };
-                    matmul(y_g, n, cog, n, k, w_g, col_g, bias.is_some());
                 }
-            })
-        });
-    out
+                let w_g = Mat {
+                    data: &w[g * cog * k..][..cog * k],
+                    rs: k,
+                    cs: 1,
+                };
+                let col_g = Mat {
+                    data: geo.unfolded(x_img, g, col),
+                    rs: n,
+                    cs: 1,
+                };
+                matmul(y_g, n, cog, n, k, w_g, col_g, bias.is_some());
+            }
+        })
+    })
 }
 
 /// `[batch, cin, h, w]` input gradient.
@@ -803,34 +802,31 @@ fn grad_input(geo: &Geometry, w: &[f32], dy: &[f32]) -> Vec<f32> {
 /// The unfolding path of [`grad_input`]: `dcol = W_gᵀ · dY_g`, folded back by [`col2im_add`].
 fn gemm_grad_input(geo: &Geometry, w: &[f32], dy: &[f32]) -> Vec<f32> {
     let (k, n, cog) = (geo.k(), geo.n(), geo.cog);
-    let mut dx = vec![0.0f32; geo.batch * geo.x_image()];
-    dx.par_chunks_mut(geo.x_image())
-        .zip(dy.par_chunks(geo.y_image()))
-        .for_each(|(dx_img, dy_img)| {
-            with_scratch(geo.col_len(), |dcol| {
-                for g in 0..geo.groups {
-                    // W_gᵀ: element (r, co) of the [k × cog] transpose is w[co * k + r].
-                    let w_t = Mat {
-                        data: &w[g * cog * k..][..cog * k],
-                        rs: 1,
-                        cs: k,
-                    };
-                    let dy_g = Mat {
-                        data: &dy_img[g * cog * n..][..cog * n],
-                        rs: n,
-                        cs: 1,
-                    };
-                    if geo.pointwise() {
-                        let dx_g = &mut dx_img[g * k * n..][..k * n];
-                        matmul(dx_g, n, k, n, cog, w_t, dy_g, false);
-                    } else {
-                        matmul(dcol, n, k, n, cog, w_t, dy_g, false);
-                        col2im_add(geo, dcol, g, dx_img);
-                    }
+    par_filled(geo.x_image(), geo.batch, 1, |b, dx_img| {
+        let dy_img = &dy[b * geo.y_image()..][..geo.y_image()];
+        with_scratch(geo.col_len(), |dcol| {
+            for g in 0..geo.groups {
+                // W_gᵀ: element (r, co) of the [k × cog] transpose is w[co * k + r].
+                let w_t = Mat {
+                    data: &w[g * cog * k..][..cog * k],
+                    rs: 1,
+                    cs: k,
+                };
+                let dy_g = Mat {
+                    data: &dy_img[g * cog * n..][..cog * n],
+                    rs: n,
+                    cs: 1,
+                };
+                if geo.pointwise() {
+                    let dx_g = &mut dx_img[g * k * n..][..k * n];
+                    matmul(dx_g, n, k, n, cog, w_t, dy_g, false);
+                } else {
+                    matmul(dcol, n, k, n, cog, w_t, dy_g, false);
+                    col2im_add(geo, dcol, g, dx_img);
                 }
-            })
-        });
-    dx
+            }
+        })
+    })
 }
 
 /// `[cout, cig, kh, kw]` weight gradient, the same for any number of threads.

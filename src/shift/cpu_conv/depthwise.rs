@@ -9,6 +9,8 @@
 
 use rayon::prelude::*;
 
+use crate::par_buffer::par_filled;
+
 use super::{Geometry, IMAGES_PER_CHUNK, QUANTIZED, sum_in_order, valid_range};
 use crate::shift::cpu_quant::{fixed_point_in_place, vectorized};
 
@@ -59,37 +61,34 @@ fn for_each_tap(
 /// `[batch, cout, oh, ow]` output.
 pub(super) fn forward(geo: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     let (n, taps, sw) = (geo.n(), geo.kh * geo.kw, geo.stride[1]);
-    let mut out = vec![0.0f32; geo.batch * geo.y_image()];
-    out.par_chunks_mut(geo.y_image())
-        .zip(x.par_chunks(geo.x_image()))
-        .for_each(|(y_img, x_img)| {
-            vectorized(|| {
-                for g in 0..geo.groups {
-                    with_plane(geo, x_img, g, |plane| {
-                        for co in g * geo.cog..(g + 1) * geo.cog {
-                            let y = &mut y_img[co * n..][..n];
-                            y.fill(bias.map_or(0.0, |b| b[co]));
-                            let wk = &w[co * taps..][..taps];
-                            for_each_tap(geo, |i, j, oy, x_lo, x_hi, iy, ix| {
-                                let wv = wk[i * geo.kw + j];
-                                let dst = &mut y[oy * geo.ow..][x_lo..x_hi];
-                                let src = &plane[iy * geo.w..][..geo.w];
-                                if sw == 1 {
-                                    for (d, s) in dst.iter_mut().zip(&src[ix..]) {
-                                        *d += wv * s;
-                                    }
-                                } else {
-                                    for (d, s) in dst.iter_mut().zip(src[ix..].iter().step_by(sw)) {
-                                        *d += wv * s;
-                                    }
+    par_filled(geo.y_image(), geo.batch, 1, |b, y_img| {
+        let x_img = &x[b * geo.x_image()..][..geo.x_image()];
+        vectorized(|| {
+            for g in 0..geo.groups {
+                with_plane(geo, x_img, g, |plane| {
+                    for co in g * geo.cog..(g + 1) * geo.cog {
+                        let y = &mut y_img[co * n..][..n];
+                        y.fill(bias.map_or(0.0, |b| b[co]));
+                        let wk = &w[co * taps..][..taps];
+                        for_each_tap(geo, |i, j, oy, x_lo, x_hi, iy, ix| {
+                            let wv = wk[i * geo.kw + j];
+                            let dst = &mut y[oy * geo.ow..][x_lo..x_hi];
+                            let src = &plane[iy * geo.w..][..geo.w];
+                            if sw == 1 {
+                                for (d, s) in dst.iter_mut().zip(&src[ix..]) {
+                                    *d += wv * s;
                                 }
-                            });
-                        }
-                    });
-                }
-            })
-        });
-    out
+                            } else {
+                                for (d, s) in dst.iter_mut().zip(src[ix..].iter().step_by(sw)) {
+                                    *d += wv * s;
+                                }
+                            }
+                        });
+                    }
+                });
+            }
+        })
+    })
 }
 
 /// `[batch, cin, h, w]` input gradient: each tap's output gradient rows added back, scaled by
@@ -97,35 +96,32 @@ pub(super) fn forward(geo: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>
 pub(super) fn grad_input(geo: &Geometry, w: &[f32], dy: &[f32]) -> Vec<f32> {
     let (n, taps, sw) = (geo.n(), geo.kh * geo.kw, geo.stride[1]);
     let hw = geo.h * geo.w;
-    let mut dx = vec![0.0f32; geo.batch * geo.x_image()];
-    dx.par_chunks_mut(geo.x_image())
-        .zip(dy.par_chunks(geo.y_image()))
-        .for_each(|(dx_img, dy_img)| {
-            vectorized(|| {
-                for g in 0..geo.groups {
-                    let plane = &mut dx_img[g * hw..][..hw];
-                    for co in g * geo.cog..(g + 1) * geo.cog {
-                        let d = &dy_img[co * n..][..n];
-                        let wk = &w[co * taps..][..taps];
-                        for_each_tap(geo, |i, j, oy, x_lo, x_hi, iy, ix| {
-                            let wv = wk[i * geo.kw + j];
-                            let src = &d[oy * geo.ow..][x_lo..x_hi];
-                            let dst = &mut plane[iy * geo.w..][..geo.w];
-                            if sw == 1 {
-                                for (t, s) in dst[ix..].iter_mut().zip(src) {
-                                    *t += wv * s;
-                                }
-                            } else {
-                                for (t, s) in dst[ix..].iter_mut().step_by(sw).zip(src) {
-                                    *t += wv * s;
-                                }
+    par_filled(geo.x_image(), geo.batch, 1, |b, dx_img| {
+        let dy_img = &dy[b * geo.y_image()..][..geo.y_image()];
+        vectorized(|| {
+            for g in 0..geo.groups {
+                let plane = &mut dx_img[g * hw..][..hw];
+                for co in g * geo.cog..(g + 1) * geo.cog {
+                    let d = &dy_img[co * n..][..n];
+                    let wk = &w[co * taps..][..taps];
+                    for_each_tap(geo, |i, j, oy, x_lo, x_hi, iy, ix| {
+                        let wv = wk[i * geo.kw + j];
+                        let src = &d[oy * geo.ow..][x_lo..x_hi];
+                        let dst = &mut plane[iy * geo.w..][..geo.w];
+                        if sw == 1 {
+                            for (t, s) in dst[ix..].iter_mut().zip(src) {
+                                *t += wv * s;
                             }
-                        });
-                    }
+                        } else {
+                            for (t, s) in dst[ix..].iter_mut().step_by(sw).zip(src) {
+                                *t += wv * s;
+                            }
+                        }
+                    });
                 }
-            })
-        });
-    dx
+            }
+        })
+    })
 }
 
 /// `[cout, 1, kh, kw]` weight gradient: each tap the dot product of the output gradient with the

@@ -18,6 +18,8 @@
 //! Summation orders are fixed by the loops, so results do not depend on the thread count.
 
 use rayon::prelude::*;
+
+use crate::par_buffer::par_filled;
 use std::sync::OnceLock;
 
 use super::{Geometry, IMAGES_PER_CHUNK, sum_in_order, with_scratch};
@@ -212,16 +214,13 @@ fn forward_with(isa: Isa, geo: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f
     let plan = forward_plan(geo);
     let taps = plan.taps.len();
     let packed = plan.pack(|co, ci, tap| w[(co * geo.cin + ci) * taps + tap]);
-    let mut out = vec![0.0f32; geo.batch * geo.y_image()];
-    out.par_chunks_mut(geo.y_image())
-        .zip(x.par_chunks(geo.x_image()))
-        .for_each(|(y_img, x_img)| {
-            with_scratch(plan.padded_len(), |padded| {
-                plan.pad_image(x_img, geo.grid, padded);
-                conv_image(isa, &plan, padded, &packed, bias, y_img);
-            })
-        });
-    out
+    par_filled(geo.y_image(), geo.batch, 1, |b, y_img| {
+        let x_img = &x[b * geo.x_image()..][..geo.x_image()];
+        with_scratch(plan.padded_len(), |padded| {
+            plan.pad_image(x_img, geo.grid, padded);
+            conv_image(isa, &plan, padded, &packed, bias, y_img);
+        })
+    })
 }
 
 /// `[batch, cin, h, w]` input gradient: at stride 1 the transposed convolution is a convolution
@@ -245,16 +244,13 @@ fn grad_input_with(isa: Isa, geo: &Geometry, w: &[f32], dy: &[f32]) -> Vec<f32> 
         let (i, j) = (tap / kw, tap % kw);
         w[((co * geo.cin + ci) * kh + kh - 1 - i) * kw + kw - 1 - j]
     });
-    let mut dx = vec![0.0f32; geo.batch * geo.x_image()];
-    dx.par_chunks_mut(geo.x_image())
-        .zip(dy.par_chunks(geo.y_image()))
-        .for_each(|(dx_img, dy_img)| {
-            with_scratch(plan.padded_len(), |padded| {
-                plan.pad_image(dy_img, None, padded);
-                conv_image(isa, &plan, padded, &packed, None, dx_img);
-            })
-        });
-    dx
+    par_filled(geo.x_image(), geo.batch, 1, |b, dx_img| {
+        let dy_img = &dy[b * geo.y_image()..][..geo.y_image()];
+        with_scratch(plan.padded_len(), |padded| {
+            plan.pad_image(dy_img, None, padded);
+            conv_image(isa, &plan, padded, &packed, None, dx_img);
+        })
+    })
 }
 
 /// `[cout, cin, kh, kw]` weight gradient, summed per chunk of images and then over the chunks
