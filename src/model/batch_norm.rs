@@ -25,7 +25,7 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::nn::BatchNorm;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData, activation};
 use rayon::prelude::*;
 
 use crate::par_buffer::par_filled;
@@ -60,17 +60,21 @@ pub struct BatchNormGrads<B: Backend> {
 
 /// What `Autodiff<B>` needs from a backend to differentiate the fused op. Only `Flex` has it.
 pub trait BatchNormKernels: Backend {
-    /// `x` `[batch, channels, ...]`; `stats` `(mean, var)` for eval mode, `None` for the batch's.
+    /// `x` `[batch, channels, ...]`; `stats` `(mean, var)` for eval mode, `None` for the batch's;
+    /// `relu`: a ReLU applied to the output in the same pass.
     fn bn_forward(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         stats: Option<(FloatTensor<Self>, FloatTensor<Self>)>,
         epsilon: f64,
+        relu: bool,
     ) -> BatchNormForward<Self>;
 
     /// Gradients for output gradient `grad`. `batch_stats`: the statistics were the batch's
-    /// (they depend on `x`), else constants (eval mode).
+    /// (they depend on `x`), else constants (eval mode). `relu_out`: the forward's output when
+    /// it applied the ReLU, whose gradient mask it gives.
+    #[allow(clippy::too_many_arguments)]
     fn bn_backward(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
@@ -78,11 +82,14 @@ pub trait BatchNormKernels: Backend {
         inv_std: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         batch_stats: bool,
+        relu_out: Option<FloatTensor<Self>>,
         wanted: Wanted,
     ) -> BatchNormGrads<Self>;
 }
 
 /// The op as seen from `Dispatch`: training mode returns output, batch mean and biased variance.
+/// `relu`: the ReLU that follows most batch norms, in the same pass (burn's own ReLU runs on one
+/// thread, forward and backward: 5% of a ResNet20 step on two cores).
 #[backend_extension(Flex, Autodiff)]
 pub trait FusedBatchNorm: Backend {
     fn fused_batch_norm_train(
@@ -90,6 +97,7 @@ pub trait FusedBatchNorm: Backend {
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         epsilon: f64,
+        relu: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 
     fn fused_batch_norm_eval(
@@ -99,22 +107,26 @@ pub trait FusedBatchNorm: Backend {
         mean: FloatTensor<Self>,
         var: FloatTensor<Self>,
         epsilon: f64,
+        relu: bool,
     ) -> FloatTensor<Self>;
 }
 
 /// Output, batch mean and biased batch variance (`[channels]`, not tracked), as
-/// `burn::tensor::module::batch_norm_train`. Check [`cpu_conv::applies`] first.
+/// `burn::tensor::module::batch_norm_train` (followed by a ReLU if `relu`). Check
+/// [`cpu_conv::applies`] first.
 pub fn batch_norm_train<const D: usize>(
     x: Tensor<D>,
     gamma: Tensor<1>,
     beta: Tensor<1>,
     epsilon: f64,
+    relu: bool,
 ) -> (Tensor<D>, Tensor<1>, Tensor<1>) {
     let (out, mean, var) = <Dispatch as FusedBatchNorm>::fused_batch_norm_train(
         x.into_dispatch(),
         gamma.into_dispatch(),
         beta.into_dispatch(),
         epsilon,
+        relu,
     );
     (
         Tensor::from_dispatch(out),
@@ -123,8 +135,9 @@ pub fn batch_norm_train<const D: usize>(
     )
 }
 
-/// Normalizes with given statistics, as `burn::tensor::module::batch_norm`. The statistics are
-/// constants (no gradient reaches them). Check [`cpu_conv::applies`] first.
+/// Normalizes with given statistics, as `burn::tensor::module::batch_norm` (followed by a ReLU
+/// if `relu`). The statistics are constants (no gradient reaches them). Check
+/// [`cpu_conv::applies`] first.
 pub fn batch_norm_eval<const D: usize>(
     x: Tensor<D>,
     gamma: Tensor<1>,
@@ -132,6 +145,7 @@ pub fn batch_norm_eval<const D: usize>(
     mean: Tensor<1>,
     var: Tensor<1>,
     epsilon: f64,
+    relu: bool,
 ) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as FusedBatchNorm>::fused_batch_norm_eval(
         x.into_dispatch(),
@@ -140,6 +154,7 @@ pub fn batch_norm_eval<const D: usize>(
         mean.into_dispatch(),
         var.into_dispatch(),
         epsilon,
+        relu,
     ))
 }
 
@@ -147,11 +162,21 @@ pub fn batch_norm_eval<const D: usize>(
 /// switch of [`cpu_conv::enabled`]): same mode choice, same running-statistics update. Off the
 /// CPU it is [`batch_norm_short_reductions`], which works around burn's statistics on wgpu.
 pub fn batch_norm_auto<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
+    batch_norm_then(bn, x, false)
+}
+
+/// `relu(bn.forward(x))` as [`batch_norm_auto`], the ReLU inside the fused op.
+pub fn batch_norm_relu_auto<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
+    batch_norm_then(bn, x, true)
+}
+
+fn batch_norm_then<const D: usize>(bn: &BatchNorm, x: Tensor<D>, relu: bool) -> Tensor<D> {
+    let then = |y: Tensor<D>| if relu { activation::relu(y) } else { y };
     if !cpu_conv::applies(&x) {
-        return batch_norm_short_reductions(bn, x);
+        return then(batch_norm_short_reductions(bn, x));
     }
     if !cpu_conv::enabled() {
-        return bn.forward(x);
+        return then(bn.forward(x));
     }
     let [features] = bn.gamma.shape().dims();
     let dims = x.dims();
@@ -161,7 +186,7 @@ pub fn batch_norm_auto<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D
     );
     let device = x.device();
     if device.is_autodiff() && bn.training.is_enabled() {
-        let (out, mean, var) = batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon);
+        let (out, mean, var) = batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon, relu);
         let m = bn.momentum;
         let running_mean = bn.running_mean.value_sync().to_device(&device);
         let running_var = bn.running_var.value_sync().to_device(&device);
@@ -177,7 +202,15 @@ pub fn batch_norm_auto<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D
     } else {
         let mean = bn.running_mean.value().to_device(&device);
         let var = bn.running_var.value().to_device(&device);
-        batch_norm_eval(x, bn.gamma.val(), bn.beta.val(), mean, var, bn.epsilon)
+        batch_norm_eval(
+            x,
+            bn.gamma.val(),
+            bn.beta.val(),
+            mean,
+            var,
+            bn.epsilon,
+            relu,
+        )
     }
 }
 
@@ -236,8 +269,9 @@ impl FusedBatchNorm for Flex {
         gamma: FlexTensor,
         beta: FlexTensor,
         epsilon: f64,
+        relu: bool,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
-        let f = Self::bn_forward(x, gamma, beta, None, epsilon);
+        let f = Self::bn_forward(x, gamma, beta, None, epsilon, relu);
         (f.output, f.mean, f.var)
     }
 
@@ -248,17 +282,26 @@ impl FusedBatchNorm for Flex {
         mean: FlexTensor,
         var: FlexTensor,
         epsilon: f64,
+        relu: bool,
     ) -> FlexTensor {
-        Self::bn_forward(x, gamma, beta, Some((mean, var)), epsilon).output
+        Self::bn_forward(x, gamma, beta, Some((mean, var)), epsilon, relu).output
     }
 }
 
 /// Backward step. State: checkpointed input and gamma, the mean and inverse standard deviation
-/// the forward used, and whether those were the batch's.
+/// the forward used, whether those were the batch's, and the output if it went through a ReLU
+/// (the next layer keeps it anyway).
 #[derive(Debug)]
 struct BatchNormStep;
 
-type StepState<B> = (NodeId, NodeId, FloatTensor<B>, FloatTensor<B>, bool);
+type StepState<B> = (
+    NodeId,
+    NodeId,
+    FloatTensor<B>,
+    FloatTensor<B>,
+    bool,
+    Option<FloatTensor<B>>,
+);
 
 impl<B: BatchNormKernels> Backward<B, 3> for BatchNormStep {
     type State = StepState<B>;
@@ -271,7 +314,7 @@ impl<B: BatchNormKernels> Backward<B, 3> for BatchNormStep {
     ) {
         let [x_node, gamma_node, beta_node] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
-        let (x_state, gamma_state, mean, inv_std, batch_stats) = ops.state;
+        let (x_state, gamma_state, mean, inv_std, batch_stats, relu_out) = ops.state;
         let x = checkpointer.retrieve_node_output::<FloatTensor<B>>(x_state);
         let gamma = checkpointer.retrieve_node_output::<FloatTensor<B>>(gamma_state);
         let ids = [x_node, gamma_node, beta_node].map(|n| n.map(|n| n.id));
@@ -280,7 +323,7 @@ impl<B: BatchNormKernels> Backward<B, 3> for BatchNormStep {
             gamma: ids[1].is_some(),
             beta: ids[2].is_some(),
         };
-        let g = B::bn_backward(x, gamma, mean, inv_std, grad, batch_stats, wanted);
+        let g = B::bn_backward(x, gamma, mean, inv_std, grad, batch_stats, relu_out, wanted);
         for (id, grad) in ids.into_iter().zip([g.x, g.gamma, g.beta]) {
             if let (Some(id), Some(grad)) = (id, grad) {
                 grads.register::<B>(id, grad);
@@ -297,6 +340,7 @@ fn autodiff_forward<B: BatchNormKernels, C: CheckpointStrategy>(
     beta: FloatTensor<Autodiff<B, C>>,
     stats: Option<(FloatTensor<B>, FloatTensor<B>)>,
     epsilon: f64,
+    relu: bool,
 ) -> (FloatTensor<Autodiff<B, C>>, FloatTensor<B>, FloatTensor<B>) {
     let batch_stats = stats.is_none();
     match BatchNormStep
@@ -312,8 +356,17 @@ fn autodiff_forward<B: BatchNormKernels, C: CheckpointStrategy>(
                 beta.into_primitive(),
                 stats,
                 epsilon,
+                relu,
             );
-            let state = (x_state, gamma_state, f.mean.clone(), f.inv_std, batch_stats);
+            let relu_out = relu.then(|| f.output.clone());
+            let state = (
+                x_state,
+                gamma_state,
+                f.mean.clone(),
+                f.inv_std,
+                batch_stats,
+                relu_out,
+            );
             (prep.finish(state, f.output), f.mean, f.var)
         }
         OpsKind::UnTracked(prep) => {
@@ -323,6 +376,7 @@ fn autodiff_forward<B: BatchNormKernels, C: CheckpointStrategy>(
                 beta.into_primitive(),
                 stats,
                 epsilon,
+                relu,
             );
             (prep.finish(f.output), f.mean, f.var)
         }
@@ -335,8 +389,9 @@ impl<B: BatchNormKernels, C: CheckpointStrategy> FusedBatchNorm for Autodiff<B, 
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         epsilon: f64,
+        relu: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let (out, mean, var) = autodiff_forward::<B, C>(x, gamma, beta, None, epsilon);
+        let (out, mean, var) = autodiff_forward::<B, C>(x, gamma, beta, None, epsilon, relu);
         (out, untracked::<B, C>(mean), untracked::<B, C>(var))
     }
 
@@ -347,10 +402,11 @@ impl<B: BatchNormKernels, C: CheckpointStrategy> FusedBatchNorm for Autodiff<B, 
         mean: FloatTensor<Self>,
         var: FloatTensor<Self>,
         epsilon: f64,
+        relu: bool,
     ) -> FloatTensor<Self> {
         // Running statistics are state, never tracked: used as constants.
         let stats = Some((mean.into_primitive(), var.into_primitive()));
-        autodiff_forward::<B, C>(x, gamma, beta, stats, epsilon).0
+        autodiff_forward::<B, C>(x, gamma, beta, stats, epsilon, relu).0
     }
 }
 
@@ -366,6 +422,7 @@ impl BatchNormKernels for Flex {
         beta: FlexTensor,
         stats: Option<(FlexTensor, FlexTensor)>,
         epsilon: f64,
+        relu: bool,
     ) -> BatchNormForward<Self> {
         let x = x.to_contiguous();
         let shape = x.shape();
@@ -387,7 +444,7 @@ impl BatchNormKernels for Flex {
             .iter()
             .map(|&v| (1.0 / (f64::from(v) + epsilon).sqrt()) as f32)
             .collect();
-        let output = normalize(&lay, xs, gamma, beta, &mean, &inv_std);
+        let output = normalize(&lay, xs, gamma, beta, &mean, &inv_std, relu);
         BatchNormForward {
             output: FlexTensor::from_data(TensorData::new(output, shape)),
             mean: channels(mean),
@@ -403,6 +460,7 @@ impl BatchNormKernels for Flex {
         inv_std: FlexTensor,
         grad: FlexTensor,
         batch_stats: bool,
+        relu_out: Option<FlexTensor>,
         wanted: Wanted,
     ) -> BatchNormGrads<Self> {
         let (x, grad) = (x.to_contiguous(), grad.to_contiguous());
@@ -420,6 +478,23 @@ impl BatchNormKernels for Flex {
             channel_values(&inv_std, &lay),
         );
         let (xs, dy) = (f32s(&x), f32s(&grad));
+        // Through the ReLU first: the gradient where its output was positive.
+        let relu_out = relu_out.map(|o| o.to_contiguous());
+        let masked = relu_out.as_ref().map(|out| {
+            let out = f32s(out);
+            assert_eq!(
+                out.len(),
+                dy.len(),
+                "batch norm backward: ReLU output shape"
+            );
+            par_filled(lay.plane, lay.planes, lay.min_planes(), |p, d| {
+                let at = p * lay.plane..(p + 1) * lay.plane;
+                for ((d, &g), &o) in d.iter_mut().zip(&dy[at.clone()]).zip(&out[at]) {
+                    *d = relu_backward(g, o);
+                }
+            })
+        });
+        let dy = masked.as_deref().unwrap_or(dy);
         // Per channel: sum(dy) and sum(dy * (x - mean)).
         let needs_sums = wanted.gamma || wanted.beta || (wanted.x && batch_stats);
         let sums = needs_sums.then(|| {
@@ -591,7 +666,7 @@ fn sum_dy_and_dy_dev(dy: &[f32], x: &[f32], mean: f64) -> [f64; 2] {
     [s0.iter().sum::<f64>() + t[0], s1.iter().sum::<f64>() + t[1]]
 }
 
-/// `y = (x - mean) * (gamma * inv_std) + beta`, one pass.
+/// `y = (x - mean) * (gamma * inv_std) + beta`, one pass, then `relu(y)` if `relu`.
 fn normalize(
     lay: &Layout,
     x: &[f32],
@@ -599,15 +674,34 @@ fn normalize(
     beta: &[f32],
     mean: &[f32],
     inv_std: &[f32],
+    relu: bool,
 ) -> Vec<f32> {
     par_filled(lay.plane, lay.planes, lay.min_planes(), |p, y| {
         let x = &x[p * lay.plane..][..lay.plane];
         let c = p % lay.channels;
         let (m, k, b) = (mean[c], gamma[c] * inv_std[c], beta[c]);
-        for (y, &x) in y.iter_mut().zip(x) {
-            *y = (x - m) * k + b;
+        if relu {
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = relu_forward((x - m) * k + b);
+            }
+        } else {
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = (x - m) * k + b;
+            }
         }
     })
+}
+
+/// burn's ReLU: 0 where `v <= 0`, so a NaN passes (and a diverged run is still seen).
+#[inline(always)]
+fn relu_forward(v: f32) -> f32 {
+    if v <= 0.0 { 0.0 } else { v }
+}
+
+/// burn's ReLU gradient: `dy` except where the output is `<= 0`.
+#[inline(always)]
+fn relu_backward(dy: f32, out: f32) -> f32 {
+    if out <= 0.0 { 0.0 } else { dy }
 }
 
 /// `dx = k * (dy - a - (x - mean) * b)` with per-channel `[k, a, b]`: `k = gamma * inv_std`,
@@ -887,6 +981,41 @@ mod tests {
         }
     }
 
+    /// The ReLU inside the fused op gives burn's `relu(bn.forward(x))`: output, gradients (none
+    /// where the output was clipped), running statistics; training and eval.
+    #[test]
+    fn bn_relu_matches_burn() {
+        let device = Device::flex().autodiff();
+        let fused = |bn: &BatchNorm, x| with_fused(true, || batch_norm_relu_auto(bn, x));
+        let burn = |bn: &BatchNorm, x| activation::relu(bn.forward(x));
+        for (i, (shape, offset, training)) in [
+            ([3, 16, 8, 8], 0.0, true),
+            ([32, 4, 16, 16], 3.0, true),
+            ([2, 3, 5, 7], 0.5, false),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let case = Case::new(shape, offset, 40 + i as u64, training);
+            let (got, want) = (case.run_with(&device, fused), case.run_with(&device, burn));
+            compare(&format!("relu {shape:?} training {training}"), &got, &want);
+            let clipped = got.out.iter().filter(|&&v| v == 0.0).count();
+            assert!(
+                clipped > got.out.len() / 10 && clipped < got.out.len() * 9 / 10,
+                "{shape:?}: {clipped} of {} outputs clipped",
+                got.out.len()
+            );
+        }
+        let rank2 = Case::new([6, 5], 0.5, 45, true);
+        compare(
+            "relu [6, 5]",
+            &rank2.run_with(&device, |bn, x| {
+                with_fused(true, || batch_norm_relu_auto(bn, x))
+            }),
+            &rank2.run_with(&device, |bn, x| activation::relu(bn.forward(x))),
+        );
+    }
+
     #[test]
     fn other_ranks_match_burn() {
         let device = Device::flex().autodiff();
@@ -960,6 +1089,7 @@ mod tests {
             Tensor::ones([4], &Device::flex()),
             Tensor::zeros([4], &Device::flex()),
             1e-5,
+            false,
         );
         let var = values(var);
         let n = (shape[0] * shape[2] * shape[3]) as f32;
@@ -979,14 +1109,14 @@ mod tests {
         let dy = random(shape, 0.0, &mut rng);
         let g = random([5], 1.0, &mut rng);
         let b = random([5], 0.0, &mut rng);
-        let all = |threads: usize| {
+        let all = |threads: usize, relu: bool| {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()
                 .expect("thread pool");
             pool.install(|| {
                 let t = |d: &TensorData| FlexTensor::from_data(d.clone());
-                let f = Flex::bn_forward(t(&x), t(&g), t(&b), None, 1e-5);
+                let f = Flex::bn_forward(t(&x), t(&g), t(&b), None, 1e-5, relu);
                 let wanted = Wanted {
                     x: true,
                     gamma: true,
@@ -999,6 +1129,7 @@ mod tests {
                     f.inv_std.clone(),
                     t(&dy),
                     true,
+                    relu.then(|| f.output.clone()),
                     wanted,
                 );
                 let v = |t: FlexTensor| t.into_data().try_to_vec::<f32>().expect("f32 data");
@@ -1012,6 +1143,11 @@ mod tests {
                 ]
             })
         };
-        assert!(all(1) == all(3), "bitwise equal for 1 and 3 threads");
+        for relu in [false, true] {
+            assert!(
+                all(1, relu) == all(3, relu),
+                "bitwise equal for 1 and 3 threads (relu {relu})"
+            );
+        }
     }
 }

@@ -2,10 +2,9 @@
 
 use burn::module::Module;
 use burn::nn::BatchNorm;
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
-use super::batch_norm::batch_norm_auto;
+use super::batch_norm::batch_norm_relu_auto;
 use super::{ConvLayer, Laps, SpecCursor};
 
 #[derive(Module, Debug)]
@@ -25,7 +24,6 @@ impl ConvBn {
 
     pub fn forward_with(&self, x: Tensor<4>, laps: &mut impl Laps) -> Tensor<4> {
         let x = laps.layer(self.conv.forward(x));
-        let x = laps.layer(batch_norm_auto(&self.bn, x));
-        laps.other(relu(x))
+        laps.layer(batch_norm_relu_auto(&self.bn, x))
     }
 }

@@ -6,10 +6,9 @@
 
 use burn::module::Module;
 use burn::nn::BatchNorm;
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
-use super::batch_norm::batch_norm_auto;
+use super::batch_norm::{batch_norm_auto, batch_norm_relu_auto};
 use super::{ConvLayer, DenseLayer, Laps, SpecCursor, activate, global_avg_pool};
 use crate::arch::{LayerKind, LayerSpec};
 
@@ -148,14 +147,12 @@ impl MobileNetV2 {
     /// - input `[batch, channels, height, width]`, output logits `[batch, classes]`.
     pub fn forward_with(&self, x: Tensor<4>, laps: &mut impl Laps) -> Tensor<2> {
         let x = laps.layer(self.conv1.forward(x));
-        let x = laps.layer(batch_norm_auto(&self.bn1, x));
-        let mut x = laps.other(relu(x));
+        let mut x = laps.layer(batch_norm_relu_auto(&self.bn1, x));
         for block in &self.blocks {
             x = block.forward_with(x, laps);
         }
         let x = laps.layer(self.conv2.forward(x));
-        let x = laps.layer(batch_norm_auto(&self.bn2, x));
-        let x = relu(x);
+        let x = laps.layer(batch_norm_relu_auto(&self.bn2, x));
         // Global average pooling: any input size gives the same classifier.
         let x = laps.other(global_avg_pool(x));
         laps.layer(self.linear.forward(x))

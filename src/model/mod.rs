@@ -343,8 +343,9 @@ pub trait Laps {
     /// After the next layer of the layer table (conv, batch norm, pooling or linear), in table
     /// order.
     fn layer<const D: usize>(&mut self, t: Tensor<D>) -> Tensor<D>;
-    /// After work outside the table's layers: activations, the pooling of tables without
-    /// pooling rows (ResNet, small CNN), shortcuts, concatenations, reshapes.
+    /// After work outside the table's layers: activations (a ReLU fused into its batch norm
+    /// counts as the batch norm's), the pooling of tables without pooling rows (ResNet, small
+    /// CNN), shortcuts, concatenations, reshapes.
     fn other<const D: usize>(&mut self, t: Tensor<D>) -> Tensor<D>;
 }
 

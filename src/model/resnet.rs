@@ -7,7 +7,7 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
-use super::batch_norm::batch_norm_auto;
+use super::batch_norm::{batch_norm_auto, batch_norm_relu_auto};
 use super::{ConvLayer, DenseLayer, Laps, SpecCursor, global_avg_pool};
 use crate::arch::LayerKind;
 
@@ -54,8 +54,7 @@ impl BasicBlock {
 
     pub fn forward_with(&self, x: Tensor<4>, laps: &mut impl Laps) -> Tensor<4> {
         let out = laps.layer(self.conv1.forward(x.clone()));
-        let out = laps.layer(batch_norm_auto(&self.bn1, out));
-        let out = laps.other(relu(out));
+        let out = laps.layer(batch_norm_relu_auto(&self.bn1, out));
         let out = laps.layer(self.conv2.forward(out));
         let out = laps.layer(batch_norm_auto(&self.bn2, out));
         let mut shortcut = match &self.subsample {
@@ -103,8 +102,7 @@ impl ResNet {
 
     pub fn forward_with(&self, x: Tensor<4>, laps: &mut impl Laps) -> Tensor<2> {
         let x = laps.layer(self.conv1.forward(x));
-        let x = laps.layer(batch_norm_auto(&self.bn1, x));
-        let mut x = laps.other(relu(x));
+        let mut x = laps.layer(batch_norm_relu_auto(&self.bn1, x));
         for block in &self.blocks {
             x = block.forward_with(x, laps);
         }

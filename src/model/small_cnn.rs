@@ -7,7 +7,7 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
-use super::batch_norm::batch_norm_auto;
+use super::batch_norm::batch_norm_relu_auto;
 use super::{ConvLayer, DenseLayer, Laps, SpecCursor};
 
 #[derive(Module, Debug)]
@@ -36,11 +36,11 @@ impl SmallCnn {
 
     pub fn forward_with(&self, x: Tensor<4>, laps: &mut impl Laps) -> Tensor<2> {
         let x = laps.layer(self.conv1.forward(x));
-        let x = laps.layer(batch_norm_auto(&self.bn1, x));
-        let x = laps.other(self.pool.forward(relu(x)));
+        let x = laps.layer(batch_norm_relu_auto(&self.bn1, x));
+        let x = laps.other(self.pool.forward(x));
         let x = laps.layer(self.conv2.forward(x));
-        let x = laps.layer(batch_norm_auto(&self.bn2, x));
-        let x = laps.other(self.pool.forward(relu(x)));
+        let x = laps.layer(batch_norm_relu_auto(&self.bn2, x));
+        let x = laps.other(self.pool.forward(x));
         let [b, c, h, w] = x.dims();
         let x = x.reshape([b, c * h * w]);
         let x = laps.layer(self.fc1.forward(x));
