@@ -19,6 +19,7 @@ mod efficientnet;
 mod efficientnetv2;
 mod googlenet;
 mod mobilenetv2;
+pub mod residual;
 mod resnet;
 mod small_cnn;
 mod vgg;

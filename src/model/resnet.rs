@@ -4,10 +4,10 @@
 use burn::module::Module;
 use burn::nn::BatchNorm;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::batch_norm::{batch_norm_auto, batch_norm_relu_auto};
+use super::residual::add_relu;
 use super::{ConvLayer, DenseLayer, Laps, SpecCursor, global_avg_pool};
 use crate::arch::LayerKind;
 
@@ -66,7 +66,7 @@ impl BasicBlock {
             let zeros = Tensor::<4>::zeros([b, self.pad_channels, h, w], &shortcut.device());
             shortcut = Tensor::cat(vec![zeros.clone(), shortcut, zeros], 1);
         }
-        laps.other(relu(out + shortcut))
+        laps.other(add_relu(out, shortcut))
     }
 }
 
