@@ -6,7 +6,9 @@ use dsnn_hpo::arch::Backbone;
 use dsnn_hpo::data::{DataConfig, LoadedData};
 use dsnn_hpo::shift::{Rounding, ShiftKind};
 use dsnn_hpo::train::optim::OptimizerKind;
-use dsnn_hpo::train::{Quiet, RunOptions, TrainConfig, TrainReport, TrainStatus, train};
+use dsnn_hpo::train::{
+    Quiet, RunOptions, TrainConfig, TrainError, TrainReport, TrainStatus, train,
+};
 
 fn bundled(limit: usize) -> LoadedData {
     let cfg = DataConfig {
@@ -38,8 +40,19 @@ fn small(kind: ShiftKind, optimizer: OptimizerKind) -> TrainConfig {
 static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn run(cfg: &TrainConfig, data: &LoadedData, epochs: usize, opts: &RunOptions<'_>) -> TrainReport {
+    try_run(cfg, data, epochs, opts).expect("training runs")
+}
+
+/// Every training of this file holds the lock, failing ones too: a network is initialised
+/// (drawing from the RNG) before a checkpoint can be refused.
+fn try_run(
+    cfg: &TrainConfig,
+    data: &LoadedData,
+    epochs: usize,
+    opts: &RunOptions<'_>,
+) -> Result<TrainReport, TrainError> {
     let _one_at_a_time = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
-    train(cfg, data, &Device::flex(), epochs, opts, &mut Quiet).expect("training runs")
+    train(cfg, data, &Device::flex(), epochs, opts, &mut Quiet)
 }
 
 /// Everything but the timings, which differ run to run.
@@ -181,16 +194,14 @@ fn a_checkpoint_of_another_configuration_is_refused() {
     };
     run(&cfg, &data, 1, &opts);
     let other = TrainConfig { lr: 0.01, ..cfg };
-    let err = train(
+    let err = try_run(
         &other,
         &data,
-        &Device::flex(),
         2,
         &RunOptions {
             resume_from: Some(dir.path()),
             ..Default::default()
         },
-        &mut Quiet,
     )
     .expect_err("mismatch is an error");
     assert!(
