@@ -28,7 +28,7 @@ use burn::nn::BatchNorm;
 use burn::tensor::{Tensor, TensorData, activation};
 use rayon::prelude::*;
 
-use crate::par_buffer::par_filled;
+use crate::par_buffer::par_written;
 
 use crate::shift::cpu_conv;
 
@@ -487,12 +487,15 @@ impl BatchNormKernels for Flex {
                 dy.len(),
                 "batch norm backward: ReLU output shape"
             );
-            par_filled(lay.plane, lay.planes, lay.min_planes(), |p, d| {
-                let at = p * lay.plane..(p + 1) * lay.plane;
-                for ((d, &g), &o) in d.iter_mut().zip(&dy[at.clone()]).zip(&out[at]) {
-                    *d = relu_backward(g, o);
-                }
-            })
+            // SAFETY: every element of each plane is written.
+            unsafe {
+                par_written(lay.plane, lay.planes, lay.min_planes(), |p, d| {
+                    let at = p * lay.plane..(p + 1) * lay.plane;
+                    for ((d, &g), &o) in d.iter_mut().zip(&dy[at.clone()]).zip(&out[at]) {
+                        d.write(relu_backward(g, o));
+                    }
+                })
+            }
         });
         let dy = masked.as_deref().unwrap_or(dy);
         // Per channel: sum(dy) and sum(dy * (x - mean)).
@@ -676,20 +679,23 @@ fn normalize(
     inv_std: &[f32],
     relu: bool,
 ) -> Vec<f32> {
-    par_filled(lay.plane, lay.planes, lay.min_planes(), |p, y| {
-        let x = &x[p * lay.plane..][..lay.plane];
-        let c = p % lay.channels;
-        let (m, k, b) = (mean[c], gamma[c] * inv_std[c], beta[c]);
-        if relu {
-            for (y, &x) in y.iter_mut().zip(x) {
-                *y = relu_forward((x - m) * k + b);
+    // SAFETY: every element of each plane is written.
+    unsafe {
+        par_written(lay.plane, lay.planes, lay.min_planes(), |p, y| {
+            let x = &x[p * lay.plane..][..lay.plane];
+            let c = p % lay.channels;
+            let (m, k, b) = (mean[c], gamma[c] * inv_std[c], beta[c]);
+            if relu {
+                for (y, &x) in y.iter_mut().zip(x) {
+                    y.write(relu_forward((x - m) * k + b));
+                }
+            } else {
+                for (y, &x) in y.iter_mut().zip(x) {
+                    y.write((x - m) * k + b);
+                }
             }
-        } else {
-            for (y, &x) in y.iter_mut().zip(x) {
-                *y = (x - m) * k + b;
-            }
-        }
-    })
+        })
+    }
 }
 
 /// burn's ReLU: 0 where `v <= 0`, so a NaN passes (and a diverged run is still seen).
@@ -708,17 +714,20 @@ fn relu_backward(dy: f32, out: f32) -> f32 {
 /// and for batch statistics `a = mean(dy)`, `b = mean(dy * (x - mean)) * inv_std²` (zero for
 /// constant statistics).
 fn grad_input(lay: &Layout, x: &[f32], dy: &[f32], mean: &[f32], coeffs: &[[f32; 3]]) -> Vec<f32> {
-    par_filled(lay.plane, lay.planes, lay.min_planes(), |p, dx| {
-        let (x, dy) = (
-            &x[p * lay.plane..][..lay.plane],
-            &dy[p * lay.plane..][..lay.plane],
-        );
-        let c = p % lay.channels;
-        let ([k, a, b], m) = (coeffs[c], mean[c]);
-        for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
-            *dx = k * (dy - a - (x - m) * b);
-        }
-    })
+    // SAFETY: every element of each plane is written.
+    unsafe {
+        par_written(lay.plane, lay.planes, lay.min_planes(), |p, dx| {
+            let (x, dy) = (
+                &x[p * lay.plane..][..lay.plane],
+                &dy[p * lay.plane..][..lay.plane],
+            );
+            let c = p % lay.channels;
+            let ([k, a, b], m) = (coeffs[c], mean[c]);
+            for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+                dx.write(k * (dy - a - (x - m) * b));
+            }
+        })
+    }
 }
 
 #[cfg(test)]

@@ -15,8 +15,9 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::tensor::{Tensor, TensorData, activation};
 
-use crate::par_buffer::par_filled;
+use crate::par_buffer::par_written;
 use crate::shift::cpu_conv;
+use std::mem::MaybeUninit;
 
 /// What `Autodiff<B>` needs from a backend to differentiate the fused op. Only `Flex` has it.
 pub trait ResidualKernels: Backend {
@@ -108,7 +109,7 @@ impl ResidualKernels for Flex {
             for ((o, &x), &y) in out.iter_mut().zip(&a[at.clone()]).zip(&b[at]) {
                 // burn's ReLU: 0 where `v <= 0`, so a NaN passes.
                 let v = x + y;
-                *o = if v <= 0.0 { 0.0 } else { v };
+                o.write(if v <= 0.0 { 0.0 } else { v });
             }
         });
         FlexTensor::from_data(TensorData::new(out, shape))
@@ -121,24 +122,29 @@ impl ResidualKernels for Flex {
         let (o, g) = (f32s(&out), f32s(&grad));
         let dx = map_chunks(o.len(), |at, dx| {
             for ((d, &o), &g) in dx.iter_mut().zip(&o[at.clone()]).zip(&g[at]) {
-                *d = if o <= 0.0 { 0.0 } else { g };
+                d.write(if o <= 0.0 { 0.0 } else { g });
             }
         });
         FlexTensor::from_data(TensorData::new(dx, shape))
     }
 }
 
-/// A `len`-float buffer whose chunks `f(range, chunk)` fills in parallel.
+/// A `len`-float buffer whose chunks `f(range, chunk)` write in parallel, every element.
 fn map_chunks(
     len: usize,
-    f: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync + Send,
+    f: impl Fn(std::ops::Range<usize>, &mut [MaybeUninit<f32>]) + Sync + Send,
 ) -> Vec<f32> {
     let chunks = len.div_ceil(CHUNK);
-    let mut out = par_filled(CHUNK, chunks, 1, |i, chunk| {
-        let at = i * CHUNK..((i + 1) * CHUNK).min(len);
-        let n = at.len();
-        f(at, &mut chunk[..n]);
-    });
+    // SAFETY: `f` writes its range; the last chunk's elements past `len` are written here, then
+    // cut off.
+    let mut out = unsafe {
+        par_written(CHUNK, chunks, 1, |i, chunk| {
+            let at = i * CHUNK..((i + 1) * CHUNK).min(len);
+            let (head, tail) = chunk.split_at_mut(at.len());
+            f(at, head);
+            tail.fill(MaybeUninit::new(0.0));
+        })
+    };
     out.truncate(len);
     out
 }

@@ -19,7 +19,8 @@
 
 use rayon::prelude::*;
 
-use crate::par_buffer::par_filled;
+use crate::par_buffer::par_written;
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 use super::{Geometry, IMAGES_PER_CHUNK, sum_in_order, with_scratch};
@@ -254,13 +255,16 @@ fn forward_with(isa: Isa, geo: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f
     let plan = forward_plan(geo);
     let taps = plan.taps.len();
     let packed = plan.pack(|co, ci, tap| w[(co * geo.cin + ci) * taps + tap]);
-    par_filled(geo.y_image(), geo.batch, 1, |b, y_img| {
-        let x_img = &x[b * geo.x_image()..][..geo.x_image()];
-        with_scratch(plan.padded_len(), |padded| {
-            plan.pad_image(x_img, geo.grid, padded);
-            conv_image(isa, &plan, padded, &packed, bias, y_img);
+    // SAFETY: `conv_image` writes every output pixel of every channel.
+    unsafe {
+        par_written(geo.y_image(), geo.batch, 1, |b, y_img| {
+            let x_img = &x[b * geo.x_image()..][..geo.x_image()];
+            with_scratch(plan.padded_len(), |padded| {
+                plan.pad_image(x_img, geo.grid, padded);
+                conv_image(isa, &plan, padded, &packed, bias, y_img);
+            })
         })
-    })
+    }
 }
 
 /// `[batch, cin, h, w]` input gradient: at stride 1 the transposed convolution is a convolution
@@ -284,13 +288,16 @@ fn grad_input_with(isa: Isa, geo: &Geometry, w: &[f32], dy: &[f32]) -> Vec<f32> 
         let (i, j) = (tap / kw, tap % kw);
         w[((co * geo.cin + ci) * kh + kh - 1 - i) * kw + kw - 1 - j]
     });
-    par_filled(geo.x_image(), geo.batch, 1, |b, dx_img| {
-        let dy_img = &dy[b * geo.y_image()..][..geo.y_image()];
-        with_scratch(plan.padded_len(), |padded| {
-            plan.pad_image(dy_img, None, padded);
-            conv_image(isa, &plan, padded, &packed, None, dx_img);
+    // SAFETY: `conv_image` writes every output pixel of every channel.
+    unsafe {
+        par_written(geo.x_image(), geo.batch, 1, |b, dx_img| {
+            let dy_img = &dy[b * geo.y_image()..][..geo.y_image()];
+            with_scratch(plan.padded_len(), |padded| {
+                plan.pad_image(dy_img, None, padded);
+                conv_image(isa, &plan, padded, &packed, None, dx_img);
+            })
         })
-    })
+    }
 }
 
 /// `[cout, cin, kh, kw]` weight gradient, summed per chunk of images and then over the chunks
@@ -354,7 +361,7 @@ fn conv_image(
     padded: &[f32],
     packed: &[f32],
     bias: Option<&[f32]>,
-    y: &mut [f32],
+    y: &mut [MaybeUninit<f32>],
 ) {
     check_bounds(plan, padded);
     assert!(
@@ -463,6 +470,7 @@ mod avx2 {
         __m256, _mm256_add_ps, _mm256_broadcast_ss, _mm256_fmadd_ps, _mm256_loadu_ps,
         _mm256_setzero_ps, _mm256_storeu_ps,
     };
+    use std::mem::MaybeUninit;
 
     /// AVX2 registers with fused multiply-adds.
     pub(super) struct Avx2;
@@ -514,7 +522,7 @@ mod avx2 {
         padded: &[f32],
         packed: &[f32],
         bias: Option<&[f32]>,
-        y: &mut [f32],
+        y: &mut [MaybeUninit<f32>],
     ) {
         // SAFETY: the caller checked the CPU features and the bounds.
         unsafe { conv_image_generic::<Avx2>(plan, padded, packed, bias, y) }
@@ -543,7 +551,7 @@ unsafe fn conv_image_generic<S: Simd>(
     padded: &[f32],
     packed: &[f32],
     bias: Option<&[f32]>,
-    y: &mut [f32],
+    y: &mut [MaybeUninit<f32>],
 ) {
     let tile_len = plan.cin * plan.taps.len() * CO_TILE;
     for (t, weights) in packed.chunks_exact(tile_len).enumerate() {
@@ -572,7 +580,7 @@ unsafe fn conv_tile<S: Simd, const V: usize>(
     tile: usize,
     channels: usize,
     vs: [Vector; V],
-    y: &mut [f32],
+    y: &mut [MaybeUninit<f32>],
 ) {
     let plane = plan.plane();
     let n = plan.oh * plan.ow;
@@ -609,10 +617,10 @@ unsafe fn conv_tile<S: Simd, const V: usize>(
             let at = out + vs[v].output;
             if vs[v].lanes == LANES {
                 // SAFETY: a full vector of the output plane `tile * CO_TILE + c < cout`.
-                unsafe { S::store(y.as_mut_ptr().add(at), row[v]) };
+                unsafe { S::store(y.as_mut_ptr().cast::<f32>().add(at), row[v]) };
             } else {
                 let lanes = vs[v].lanes;
-                y[at..at + lanes].copy_from_slice(&S::to_array(row[v])[..lanes]);
+                y[at..at + lanes].write_copy_of_slice(&S::to_array(row[v])[..lanes]);
             }
         }
     }
