@@ -792,7 +792,7 @@ fn gemm_forward(geo: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> V
 fn grad_input(geo: &Geometry, w: &[f32], dy: &[f32]) -> Vec<f32> {
     if depthwise::applies(geo) {
         depthwise::grad_input(geo, w, dy)
-    } else if direct::applies(geo) {
+    } else if direct::applies_to_input_gradient(geo) {
         direct::grad_input(geo, w, dy)
     } else {
         gemm_grad_input(geo, w, dy)

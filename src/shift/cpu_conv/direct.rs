@@ -48,9 +48,15 @@ pub(super) fn applies(geo: &Geometry) -> bool {
         && shape_fits(geo)
 }
 
+/// The input gradient of a stride-2 convolution (a transposed convolution) is not one
+/// convolution of stride 1 or 2: those take the unfolding path.
+pub(super) fn applies_to_input_gradient(geo: &Geometry) -> bool {
+    applies(geo) && geo.stride == [1, 1]
+}
+
 fn shape_fits(geo: &Geometry) -> bool {
     geo.groups == 1
-        && geo.stride == [1, 1]
+        && (geo.stride == [1, 1] || geo.stride == [2, 2])
         && !geo.pointwise()
         && geo.ow >= LANES
         && geo.pad[0] < geo.kh
@@ -94,12 +100,18 @@ struct Plan {
     h: usize,
     w: usize,
     pad: [usize; 2],
-    /// The padded input plane.
-    rows: usize,
+    /// Columns of the padded input plane.
     cols: usize,
+    /// 1, or 2: then each padded plane is stored as its four phases (even/odd rows by
+    /// even/odd columns, each `phase_rows x phase_cols`), so that every tap of eight adjacent
+    /// output pixels still reads eight adjacent floats.
+    stride: usize,
+    phase_rows: usize,
+    phase_cols: usize,
     oh: usize,
     ow: usize,
-    /// Offset of each kernel tap (i, j) in a padded plane: `i * cols + j`.
+    /// Offset of each kernel tap (i, j) in a padded plane: `i * cols + j` (at stride 2, in
+    /// the phase of `(i % 2, j % 2)`: `i / 2 * phase_cols + j / 2` past the phase's start).
     taps: Vec<usize>,
     /// The output pixels, row by row, in vectors.
     vectors: Vec<Vector>,
@@ -112,16 +124,26 @@ impl Plan {
         cout: usize,
         [kh, kw]: [usize; 2],
         pad: [usize; 2],
+        stride: usize,
     ) -> Self {
+        assert!(stride == 1 || stride == 2, "direct conv: stride {stride}");
         let (rows, cols) = (h + 2 * pad[0], w + 2 * pad[1]);
-        let (oh, ow) = (rows + 1 - kh, cols + 1 - kw);
+        let (oh, ow) = ((rows - kh) / stride + 1, (cols - kw) / stride + 1);
+        let (phase_rows, phase_cols) = (rows.div_ceil(stride), cols.div_ceil(stride));
+        let phase = phase_rows * phase_cols;
         let taps = (0..kh)
-            .flat_map(|i| (0..kw).map(move |j| i * cols + j))
+            .flat_map(|i| {
+                (0..kw).map(move |j| {
+                    ((i % stride) * stride + j % stride) * phase
+                        + i / stride * phase_cols
+                        + j / stride
+                })
+            })
             .collect();
         let vectors = (0..oh)
             .flat_map(|oy| {
                 (0..ow).step_by(LANES).map(move |ox| Vector {
-                    input: oy * cols + ox,
+                    input: oy * phase_cols + ox,
                     output: oy * ow + ox,
                     lanes: LANES.min(ow - ox),
                 })
@@ -133,8 +155,10 @@ impl Plan {
             h,
             w,
             pad,
-            rows,
             cols,
+            stride,
+            phase_rows,
+            phase_cols,
             oh,
             ow,
             taps,
@@ -143,7 +167,7 @@ impl Plan {
     }
 
     fn plane(&self) -> usize {
-        self.rows * self.cols
+        self.stride * self.stride * self.phase_rows * self.phase_cols
     }
 
     /// The padded planes plus one vector of slack: a row's last vector may read past the end of
@@ -155,6 +179,48 @@ impl Plan {
     /// Copies one image's `cin` planes of `h x w` into `dst` with zero borders, quantized to
     /// `grid` when given (zero stays zero on every grid, so the borders may be quantized too).
     fn pad_image(&self, img: &[f32], grid: Option<FixedPoint>, dst: &mut [f32]) {
+        if self.stride == 1 {
+            self.pad_planes(img, dst);
+        } else {
+            self.pad_phases(img, dst);
+        }
+        dst[self.cin * self.plane()..].fill(0.0);
+        if let Some(grid) = grid {
+            fixed_point_in_place(&mut dst[..self.cin * self.plane()], grid);
+        }
+    }
+
+    /// Stride 2: each padded plane as its four phases, one after another.
+    fn pad_phases(&self, img: &[f32], dst: &mut [f32]) {
+        let (hw, plane, s) = (self.h * self.w, self.plane(), self.stride);
+        let ([ph, pw], (pr, pc)) = (self.pad, (self.phase_rows, self.phase_cols));
+        for c in 0..self.cin {
+            let src = &img[c * hw..][..hw];
+            let out = &mut dst[c * plane..][..plane];
+            for (p, phase) in out.chunks_exact_mut(pr * pc).enumerate() {
+                let (a, b) = (p / s, p % s);
+                for (r, line) in phase.chunks_exact_mut(pc).enumerate() {
+                    // Padded row `s * r + a`, column `s * q + b` holds pixel (row - ph, col - pw).
+                    match (s * r + a).checked_sub(ph).filter(|&y| y < self.h) {
+                        None => line.fill(0.0),
+                        Some(y) => {
+                            let row = &src[y * self.w..][..self.w];
+                            for (q, v) in line.iter_mut().enumerate() {
+                                *v = (s * q + b)
+                                    .checked_sub(pw)
+                                    .and_then(|x| row.get(x))
+                                    .copied()
+                                    .unwrap_or(0.0);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stride 1: each padded plane as it is.
+    fn pad_planes(&self, img: &[f32], dst: &mut [f32]) {
         let (hw, plane) = (self.h * self.w, self.plane());
         let ([ph, pw], cols, w) = (self.pad, self.cols, self.w);
         // Rows are short (8 to 64 floats) and their margins shorter: a memset or memcpy call
@@ -187,10 +253,6 @@ impl Plan {
                 }
             }
             out[(ph + self.h - 1) * cols + pw + w..].fill(0.0);
-        }
-        dst[self.cin * plane..].fill(0.0);
-        if let Some(grid) = grid {
-            fixed_point_in_place(&mut dst[..self.cin * plane], grid);
         }
     }
 
@@ -243,7 +305,14 @@ fn copy_row(dst: &mut [f32], src: &[f32]) {
 
 /// The plan of a forward convolution.
 fn forward_plan(geo: &Geometry) -> Plan {
-    Plan::new(geo.cin, [geo.h, geo.w], geo.cout, [geo.kh, geo.kw], geo.pad)
+    Plan::new(
+        geo.cin,
+        [geo.h, geo.w],
+        geo.cout,
+        [geo.kh, geo.kw],
+        geo.pad,
+        geo.stride[0],
+    )
 }
 
 /// `[batch, cout, oh, ow]` output.
@@ -282,6 +351,7 @@ fn grad_input_with(isa: Isa, geo: &Geometry, w: &[f32], dy: &[f32]) -> Vec<f32> 
         geo.cin,
         [kh, kw],
         [kh - 1 - geo.pad[0], kw - 1 - geo.pad[1]],
+        1,
     );
     debug_assert_eq!([plan.oh, plan.ow], [geo.h, geo.w]);
     let packed = plan.pack(|ci, co, tap| {
@@ -842,7 +912,7 @@ mod tests {
             (1, [7, 8], [0, 5]),
             (2, [6, 21], [3, 4]),
         ] {
-            let plan = Plan::new(cin, [h, w], 4, [2 * ph + 1, 2 * pw + 1], [ph, pw]);
+            let plan = Plan::new(cin, [h, w], 4, [2 * ph + 1, 2 * pw + 1], [ph, pw], 1);
             let img = random(cin * h * w, &mut rng);
             let mut dst = vec![f32::NAN; plan.padded_len()];
             plan.pad_image(&img, None, &mut dst);
@@ -906,6 +976,47 @@ mod tests {
         }
     }
 
+    /// Stride 2 (the planes split in phases): forward and weight gradient; odd and even sizes,
+    /// 1x1 to 5x5 kernels, row tails, a quantized input.
+    #[test]
+    fn stride_two_matches_the_gemm_path() {
+        // (batch, cin, cout, [h, w], k, pad, bias, fixed point)
+        let cases: [Case; 5] = [
+            (2, 3, 16, [32, 32], 3, 1, true, None),
+            (3, 5, 7, [33, 35], 3, 1, false, None),
+            (2, 6, 5, [20, 23], 5, 2, true, Some((2, 3))),
+            (2, 4, 6, [16, 17], 1, 0, false, None),
+            (2, 7, 9, [18, 40], 3, 0, true, Some((1, 2))),
+        ];
+        for (i, &(batch, cin, cout, [h, w], k, pad, bias, fp)) in cases.iter().enumerate() {
+            let mut rng = ChaCha8Rng::seed_from_u64(100 + i as u64);
+            let mut params = Conv2dParams::new([2, 2], [pad, pad], 1);
+            params.fixed_point_input = fp;
+            let geo = Geometry::new([batch, cin, h, w], [cout, cin, k, k], params);
+            assert!(shape_fits(&geo), "case {i} should take the direct kernels");
+            let x = random(batch * cin * h * w, &mut rng);
+            let wt = random(cout * cin * k * k, &mut rng);
+            let b = bias.then(|| random(cout, &mut rng));
+            let dy = random(batch * geo.y_image(), &mut rng);
+            let want_y = gemm_forward(&geo, &x, &wt, b.as_deref());
+            let want_dw = gemm_grad_weight(&geo, &x, &dy);
+            for isa in isas() {
+                let y = forward_with(isa, &geo, &x, &wt, b.as_deref());
+                let e = rel_err(&y, &want_y);
+                assert!(e <= 1e-5, "forward case {i} {isa:?}: {e}");
+                let dw = grad_weight_with(isa, &geo, &x, &dy);
+                let e = rel_err(&dw, &want_dw);
+                assert!(e <= 1e-5, "grad w case {i} {isa:?}: {e}");
+                // The comparison can fail: the first pixel (read by the first output pixel,
+                // since the padding is below the kernel) changed sign, to a value on every grid.
+                let mut x2 = x.clone();
+                x2[0] = if x[0] > 0.0 { -0.75 } else { 0.75 };
+                let e = rel_err(&grad_weight_with(isa, &geo, &x2, &dy), &want_dw);
+                assert!(e > 1e-4, "planted pixel case {i} {isa:?}: {e}");
+            }
+        }
+    }
+
     #[test]
     fn a_wrong_weight_or_pixel_is_caught() {
         // The comparison above can fail: one changed weight or input pixel shows in each output.
@@ -943,7 +1054,12 @@ mod tests {
             )
         };
         assert!(shape_fits(&geo(4, [8, 8], 3, 1, 1, 1)));
-        assert!(!shape_fits(&geo(4, [8, 8], 3, 2, 1, 1)), "stride 2");
+        assert!(shape_fits(&geo(4, [16, 16], 3, 2, 1, 1)), "stride 2");
+        assert!(
+            !shape_fits(&geo(4, [8, 8], 3, 2, 1, 1)),
+            "stride 2, rows of 4"
+        );
+        assert!(!shape_fits(&geo(4, [24, 24], 3, 3, 1, 1)), "stride 3");
         assert!(!shape_fits(&geo(4, [8, 8], 3, 1, 1, 2)), "groups");
         assert!(!shape_fits(&geo(4, [8, 8], 1, 1, 0, 1)), "pointwise");
         assert!(
