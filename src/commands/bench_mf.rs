@@ -32,7 +32,7 @@ use crate::eval::mf_problems::{MfBench, MfProblem, REFERENCE};
 use crate::opt::hypervolume::hypervolume;
 use crate::opt::rank::{front_ranks, spearman};
 use crate::opt::smbo::{Smbo, SmboSettings, TrialRecord};
-use crate::opt::{Ask, Budgets, Outcome, Schedule, Trial, design};
+use crate::opt::{Ask, Budgets, Outcome, Schedule, Trial, adaptive, design};
 
 use super::bench::{BenchArgs, BenchError, ModelDataChoice, ScheduleChoice, median};
 
@@ -226,7 +226,7 @@ pub fn run(
             )?;
         }
         let mut seeds = Vec::new();
-        for seed in 0..args.seeds {
+        for seed in args.first_seed..args.first_seed.saturating_add(args.seeds) {
             let bench = MfBench {
                 problem,
                 max_budget: max,
@@ -455,17 +455,25 @@ pub fn run_on_cost(
 ) -> Result<CostRun, BenchError> {
     let space = bench.problem.space();
     let (cycle_trials, cycle_cost) = cycle_trials_and_cost(budgets);
-    let expected = match budgets.schedule {
-        // It starts as single fidelity (full-budget chains) until low budgets show they rank
-        // well: the design is what single fidelity's would be, one configuration per full
-        // budget the cost buys.
-        Schedule::Adaptive => (cost_budget / budgets.max) as usize,
-        _ => (cost_budget * cycle_trials as f64 / cycle_cost.max(f64::MIN_POSITIVE)) as usize,
+    let design_size = match budgets.schedule {
+        // It starts as single fidelity, every design configuration a chain through every
+        // budget: the design gives the model as many measurements as single fidelity's gives
+        // (one per full budget the cost buys, SMAC's rule) in fewer configurations, but enough
+        // chains to measure the rank agreement.
+        Schedule::Adaptive => adaptive::design_size(
+            space.len(),
+            (cost_budget / budgets.max) as usize,
+            budgets.s_max() + 1,
+        ),
+        _ => design::default_size(
+            space.len(),
+            (cost_budget * cycle_trials as f64 / cycle_cost.max(f64::MIN_POSITIVE)) as usize,
+        ),
     };
     // Every trial trains at least one epoch (integer budgets >= 1): the cost ends the run first.
     let max_trials = cost_budget.ceil() as usize + 1;
     let mut settings = SmboSettings::new(2, max_trials, budgets.clone(), seed);
-    settings.initial_design = Some(design::default_size(space.len(), expected));
+    settings.initial_design = Some(design_size);
     settings.model_data = model_data;
     let mut opt = Smbo::new(space, settings)?;
     let mut spent = 0.0;
@@ -696,6 +704,29 @@ mod tests {
         let json = serde_json::to_value(Report::MultiFidelity(report)).unwrap();
         assert!(json["problems"][0]["seeds"][0]["single_fidelity"]["hypervolume"].is_number());
         assert!(json["problems"][0]["rank_agreement"][0]["front_rank"].is_number());
+    }
+
+    #[test]
+    fn validation_problems_run_on_the_seeds_asked_for() {
+        let args = BenchArgs {
+            problem: ProblemChoice::MfValidation,
+            cost_budget: 60,
+            max_budget: 9,
+            seeds: 2,
+            first_seed: 7,
+            ..BenchArgs::default()
+        };
+        let mut out = Vec::new();
+        let Report::MultiFidelity(report) = crate::commands::bench::run(&args, &mut out).unwrap()
+        else {
+            panic!("mf problems give the multi-fidelity report");
+        };
+        let names: Vec<&str> = report.problems.iter().map(|p| p.problem).collect();
+        assert_eq!(names, ["mf-zdt2", "mf-dtlz2-mild"]);
+        for p in &report.problems {
+            let seeds: Vec<u64> = p.seeds.iter().map(|s| s.seed).collect();
+            assert_eq!(seeds, [7, 8]);
+        }
     }
 
     #[test]

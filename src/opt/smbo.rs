@@ -46,12 +46,12 @@ use thiserror::Error;
 use crate::space::{Config, FeatureKind, SearchSpace};
 
 use super::acquisition::{Acquisition, MaximizerSettings};
-use super::design;
 use super::forest::{Forest, ForestSettings};
-use super::hyperband::{BudgetError, Budgets, Scheduler, SlotKind};
+use super::hyperband::{BudgetError, Budgets, Schedule, Scheduler, SlotKind};
 use super::parego;
 use super::pareto;
 use super::{Ask, AskState, Outcome, TellError, Trial};
+use super::{adaptive, design};
 
 /// A constraint computable before training (e.g. parameter count): `true` = feasible.
 pub type KnownConstraint = Arc<dyn Fn(&Config) -> bool + Send + Sync>;
@@ -248,9 +248,17 @@ impl Smbo {
         let (design, design_seed, design_size) = match settings.strategy {
             Strategy::Random => (VecDeque::new(), 0, 0),
             Strategy::ParEgo => {
-                let size = settings
-                    .initial_design
-                    .unwrap_or_else(|| design::default_size(space.len(), settings.max_trials));
+                let size =
+                    settings
+                        .initial_design
+                        .unwrap_or_else(|| match settings.budgets.schedule {
+                            Schedule::Adaptive => adaptive::design_size(
+                                space.len(),
+                                settings.max_trials,
+                                settings.budgets.s_max() + 1,
+                            ),
+                            _ => design::default_size(space.len(), settings.max_trials),
+                        });
                 let seed = rng.random();
                 (
                     design::initial_design(&space, size, seed).into(),
