@@ -871,6 +871,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_adaptive_schedule_runs_smacs_design_in_chains() {
+        let space = crate::eval::problems::Problem::Zdt1.space();
+        let design = |schedule: Schedule, initial: Option<usize>| {
+            let budgets = Budgets {
+                schedule,
+                ..Budgets::epochs(1, 27, 3)
+            };
+            let mut settings = SmboSettings::new(2, 400, budgets, 0);
+            settings.initial_design = initial;
+            let opt = Smbo::new(space.clone(), settings).unwrap();
+            (opt.design.len(), opt.design_size)
+        };
+        // SMAC's rule for 400 trials of 6 parameters: 60 configurations; under the adaptive
+        // schedule each runs through 4 budgets, so 15 of them.
+        assert_eq!(design(Schedule::Hyperband, None), (60, 60));
+        assert_eq!(design(Schedule::Adaptive, None), (15, 15));
+        // A size the user set is kept.
+        assert_eq!(design(Schedule::Adaptive, Some(30)), (30, 30));
+    }
+
+    #[test]
     fn log_scale_matches_hand_computation() {
         // 21 values 0..=20: p5 = 1, min pushed to -1 (minus 1e-10), max 20.
         let values: Vec<f64> = (0..=20).map(f64::from).collect();
