@@ -296,6 +296,12 @@ impl Adaptive {
             .collect()
     }
 
+    /// Epochs committed to each bracket so far by its new configurations (their expected cost,
+    /// promotions included): where the schedule has sent the cost.
+    pub fn committed(&self) -> &[f64] {
+        &self.committed
+    }
+
     /// Brackets with a trial running.
     pub fn busy_brackets(&self) -> usize {
         let busy: HashSet<usize> = self.where_is.values().map(|(s, _)| *s).collect();
