@@ -315,7 +315,9 @@ impl Adaptive {
 /// the chains that measure the rank agreement. Sized as single fidelity's (25 configurations,
 /// each a full chain) it spent the first quarter of the benchmark's cost on random
 /// configurations; with 10 the per-seed median ratio to single fidelity over seeds 0-9 and
-/// 100-109 went from 0.93 to 1.16 on mf-zdt3 and from 0.94 to 1.06 on mf-dtlz2 (README).
+/// 100-109 went from 0.94 to 1.06 on mf-dtlz2 (1.04 to 1.06 with 6 to 15 chains) and from
+/// 0.93 to 1.16 on mf-zdt3 (0.99 to 1.16: partly luck), and from 1.23 to 1.09 on mf-zdt1
+/// (README).
 pub fn design_size(n_params: usize, max_trials: usize, levels: usize) -> usize {
     (design::default_size(n_params, max_trials) / levels.max(1)).max(MIN_PAIRS)
 }
