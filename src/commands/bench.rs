@@ -39,8 +39,14 @@ pub enum ProblemChoice {
     MfDtlz2,
     /// Multi-fidelity mixed categorical/integer DSNN-like problem (fast learners end worse).
     MfDsnn,
-    /// All multi-fidelity problems.
+    /// All four multi-fidelity problems above.
     MfAll,
+    /// Multi-fidelity ZDT2 (validation only: not used to tune the schedules).
+    MfZdt2,
+    /// Multi-fidelity DTLZ2 with a milder, linear bias and more noise (validation only).
+    MfDtlz2Mild,
+    /// Both validation problems.
+    MfValidation,
 }
 
 impl ProblemChoice {
@@ -52,6 +58,9 @@ impl ProblemChoice {
             ProblemChoice::MfDtlz2 => vec![MfProblem::Dtlz2],
             ProblemChoice::MfDsnn => vec![MfProblem::Dsnn],
             ProblemChoice::MfAll => MfProblem::ALL.to_vec(),
+            ProblemChoice::MfZdt2 => vec![MfProblem::Zdt2],
+            ProblemChoice::MfDtlz2Mild => vec![MfProblem::Dtlz2Mild],
+            ProblemChoice::MfValidation => MfProblem::VALIDATION.to_vec(),
             _ => Vec::new(),
         }
     }
@@ -133,9 +142,13 @@ pub struct BenchArgs {
     /// Multi-fidelity problems: which trials the surrogate learns from.
     #[arg(long, value_enum, default_value_t = ModelDataChoice::AllBudgets)]
     pub model_data: ModelDataChoice,
-    /// Runs per problem, with seeds 0, 1, ...
+    /// Runs per problem, with seeds `first-seed`, `first-seed + 1`, ...
     #[arg(long, default_value_t = 5)]
     pub seeds: u64,
+    /// The first seed: a later range (e.g. `--first-seed 100`) checks a change on seeds it was
+    /// not tried on.
+    #[arg(long, default_value_t = 0)]
+    pub first_seed: u64,
     #[arg(long, value_enum, default_value_t = OptimizerChoice::Parego)]
     pub optimizer: OptimizerChoice,
     /// Print JSON instead of a table.
@@ -155,6 +168,7 @@ impl Default for BenchArgs {
             schedule: ScheduleChoice::Hyperband,
             model_data: ModelDataChoice::AllBudgets,
             seeds: 5,
+            first_seed: 0,
             optimizer: OptimizerChoice::Parego,
             json: false,
         }
@@ -241,7 +255,7 @@ fn run_single(args: &BenchArgs, out: &mut dyn Write) -> Result<BenchReport, Benc
     let mut results = Vec::new();
     for problem in problems {
         let mut seeds = Vec::new();
-        for seed in 0..args.seeds {
+        for seed in args.first_seed..args.first_seed.saturating_add(args.seeds) {
             let r = run_one(problem, args.optimizer, args.evals, seed)?;
             if !args.json {
                 writeln!(

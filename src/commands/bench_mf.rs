@@ -32,7 +32,7 @@ use crate::eval::mf_problems::{MfBench, MfProblem, REFERENCE};
 use crate::opt::hypervolume::hypervolume;
 use crate::opt::rank::{front_ranks, spearman};
 use crate::opt::smbo::{Smbo, SmboSettings, TrialRecord};
-use crate::opt::{Ask, Budgets, Outcome, Schedule, Trial, design};
+use crate::opt::{Ask, Budgets, Outcome, Schedule, Trial, adaptive, design};
 
 use super::bench::{BenchArgs, BenchError, ModelDataChoice, ScheduleChoice, median};
 
@@ -65,6 +65,11 @@ pub struct CostRun {
     pub curve: Vec<(f64, f64)>,
     /// The adaptive schedule's rank agreement at the end of the run (empty for the others).
     pub run_agreement: Vec<RunAgreement>,
+    /// Where the adaptive schedule sent the cost in each quarter of the spent cost: per
+    /// quarter, the share of the epochs its new configurations committed then that went to
+    /// each bracket (bracket 0, the full budget, first; expected epochs, promotions included).
+    /// Empty for the other schedules.
+    pub adaptive_shares: Vec<Vec<f64>>,
 }
 
 impl CostRun {
@@ -226,7 +231,7 @@ pub fn run(
             )?;
         }
         let mut seeds = Vec::new();
-        for seed in 0..args.seeds {
+        for seed in args.first_seed..args.first_seed.saturating_add(args.seeds) {
             let bench = MfBench {
                 problem,
                 max_budget: max,
@@ -275,6 +280,21 @@ pub fn run(
                         "",
                         args.max_budget,
                         parts.join(", ")
+                    )?;
+                    let shares: Vec<String> = r
+                        .multi_fidelity
+                        .adaptive_shares
+                        .iter()
+                        .map(|s| {
+                            let s: Vec<String> = s.iter().map(|x| format!("{x:.2}")).collect();
+                            s.join("/")
+                        })
+                        .collect();
+                    writeln!(
+                        out,
+                        "{:>6} cost to each bracket (bracket 0 first) in each quarter: {}",
+                        "",
+                        shares.join(" ; ")
                     )?;
                 }
             }
@@ -420,6 +440,34 @@ fn ratio(mf: f64, sf: f64) -> f64 {
     if sf > 0.0 { mf / sf } else { f64::NAN }
 }
 
+/// Per quarter of `spent`, each bracket's share of the epochs committed in it, from the
+/// running totals `committed` (cost spent, epochs per bracket); empty without totals.
+fn quarter_shares(committed: &[(f64, Vec<f64>)], spent: f64) -> Vec<Vec<f64>> {
+    let Some((_, last)) = committed.last() else {
+        return Vec::new();
+    };
+    let zero = vec![0.0; last.len()];
+    let at = |q: f64| {
+        committed
+            .iter()
+            .rev()
+            .find(|(c, _)| *c <= q * spent)
+            .map_or(&zero, |(_, v)| v)
+    };
+    let ends = [at(0.25), at(0.5), at(0.75), last];
+    let mut before = &zero;
+    ends.iter()
+        .map(|&end| {
+            let d: Vec<f64> = end.iter().zip(before).map(|(e, b)| e - b).collect();
+            before = end;
+            let total: f64 = d.iter().sum();
+            d.iter()
+                .map(|x| if total > 0.0 { x / total } else { 0.0 })
+                .collect()
+        })
+        .collect()
+}
+
 /// Epochs `trial` trains: its budget, less its parent's when it continues one.
 pub fn trial_cost(records: &[TrialRecord], trial: &Trial) -> f64 {
     let parent = trial
@@ -455,17 +503,25 @@ pub fn run_on_cost(
 ) -> Result<CostRun, BenchError> {
     let space = bench.problem.space();
     let (cycle_trials, cycle_cost) = cycle_trials_and_cost(budgets);
-    let expected = match budgets.schedule {
-        // It starts as single fidelity (full-budget chains) until low budgets show they rank
-        // well: the design is what single fidelity's would be, one configuration per full
-        // budget the cost buys.
-        Schedule::Adaptive => (cost_budget / budgets.max) as usize,
-        _ => (cost_budget * cycle_trials as f64 / cycle_cost.max(f64::MIN_POSITIVE)) as usize,
+    let design_size = match budgets.schedule {
+        // It starts as single fidelity, every design configuration a chain through every
+        // budget: the design gives the model as many measurements as single fidelity's gives
+        // (one per full budget the cost buys, SMAC's rule) in fewer configurations, but enough
+        // chains to measure the rank agreement.
+        Schedule::Adaptive => adaptive::design_size(
+            space.len(),
+            (cost_budget / budgets.max) as usize,
+            budgets.s_max() + 1,
+        ),
+        _ => design::default_size(
+            space.len(),
+            (cost_budget * cycle_trials as f64 / cycle_cost.max(f64::MIN_POSITIVE)) as usize,
+        ),
     };
     // Every trial trains at least one epoch (integer budgets >= 1): the cost ends the run first.
     let max_trials = cost_budget.ceil() as usize + 1;
     let mut settings = SmboSettings::new(2, max_trials, budgets.clone(), seed);
-    settings.initial_design = Some(design::default_size(space.len(), expected));
+    settings.initial_design = Some(design_size);
     settings.model_data = model_data;
     let mut opt = Smbo::new(space, settings)?;
     let mut spent = 0.0;
@@ -474,7 +530,15 @@ pub fn run_on_cost(
         .collect();
     // (cost spent once the trial finished, its normalised objectives if at the full budget)
     let mut history: Vec<(f64, Option<Vec<f64>>)> = Vec::new();
+    // (cost spent, epochs the adaptive schedule has committed to each bracket), at each new
+    // configuration.
+    let mut committed: Vec<(f64, Vec<f64>)> = Vec::new();
     while let Ask::Trial(trial) = opt.ask() {
+        if trial.continues.is_none()
+            && let Some(a) = opt.scheduler().adaptive()
+        {
+            committed.push((spent, a.committed().to_vec()));
+        }
         let cost = trial_cost(opt.records(), &trial);
         if spent + cost > cost_budget {
             break;
@@ -526,9 +590,11 @@ pub fn run_on_cost(
                 .collect()
         })
         .unwrap_or_default();
+    let adaptive_shares = quarter_shares(&committed, spent);
     Ok(CostRun {
         curve,
         run_agreement,
+        adaptive_shares,
         hypervolume: hv_until(spent),
         cost: spent,
         trials: history.len(),
@@ -605,6 +671,24 @@ mod tests {
     }
 
     #[test]
+    fn quarter_shares_split_the_running_totals() {
+        // Running totals of two brackets at the cost spent: the first half all bracket 0, then
+        // bracket 1 takes three quarters of what is committed.
+        let committed = vec![
+            (0.0, vec![10.0, 0.0]),
+            (40.0, vec![20.0, 0.0]),
+            (60.0, vec![25.0, 15.0]),
+            (90.0, vec![30.0, 30.0]),
+        ];
+        let q = quarter_shares(&committed, 100.0);
+        assert_eq!(q[0], vec![1.0, 0.0]);
+        assert_eq!(q[1], vec![1.0, 0.0]);
+        assert_eq!(q[2], vec![0.25, 0.75]);
+        assert_eq!(q[3], vec![0.25, 0.75]);
+        assert!(quarter_shares(&[], 100.0).is_empty());
+    }
+
+    #[test]
     fn cycle_cost_of_hyperband_1_27() {
         // Brackets: 27@1, 9@3, 3@9, 1@27 (27 + 18 + 18 + 18 = 81); 12@3, 4@9, 1@27 (36 + 24 +
         // 18 = 78); 6@9, 2@27 (54 + 36 = 90); 4@27 (108).
@@ -652,6 +736,20 @@ mod tests {
                 assert_eq!(run.cost_to_reach(run.hypervolume + 1e-9), None);
             }
             assert_eq!(run.run_agreement.is_empty(), schedule != Schedule::Adaptive);
+            // Where the adaptive schedule sent the cost in each quarter: one share per bracket,
+            // summing to 1 (0 in a quarter without a new configuration).
+            if schedule == Schedule::Adaptive {
+                assert_eq!(run.adaptive_shares.len(), 4);
+                for s in &run.adaptive_shares {
+                    assert_eq!(s.len(), budgets.s_max() + 1);
+                    let sum = s.iter().sum::<f64>();
+                    assert!((sum - 1.0).abs() < 1e-9 || sum == 0.0, "{s:?}");
+                }
+                // Nothing is known at the start: the first quarter is single fidelity.
+                assert_eq!(run.adaptive_shares[0][0], 1.0);
+            } else {
+                assert!(run.adaptive_shares.is_empty());
+            }
         }
         // Single fidelity: 11 trials of 9 epochs fit in 100.
         let run = run_on_cost(
@@ -696,6 +794,29 @@ mod tests {
         let json = serde_json::to_value(Report::MultiFidelity(report)).unwrap();
         assert!(json["problems"][0]["seeds"][0]["single_fidelity"]["hypervolume"].is_number());
         assert!(json["problems"][0]["rank_agreement"][0]["front_rank"].is_number());
+    }
+
+    #[test]
+    fn validation_problems_run_on_the_seeds_asked_for() {
+        let args = BenchArgs {
+            problem: ProblemChoice::MfValidation,
+            cost_budget: 60,
+            max_budget: 9,
+            seeds: 2,
+            first_seed: 7,
+            ..BenchArgs::default()
+        };
+        let mut out = Vec::new();
+        let Report::MultiFidelity(report) = crate::commands::bench::run(&args, &mut out).unwrap()
+        else {
+            panic!("mf problems give the multi-fidelity report");
+        };
+        let names: Vec<&str> = report.problems.iter().map(|p| p.problem).collect();
+        assert_eq!(names, ["mf-zdt2", "mf-dtlz2-mild"]);
+        for p in &report.problems {
+            let seeds: Vec<u64> = p.seeds.iter().map(|s| s.seed).collect();
+            assert_eq!(seeds, [7, 8]);
+        }
     }
 
     #[test]

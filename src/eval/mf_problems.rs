@@ -23,6 +23,11 @@
 //!   `sum (x_i - m_i(b))^2` with the optimum moved to `m_i(b) = 1/2 + sqrt(w(b)) (t_i - 1/2)`,
 //!   `t = (0.05, 0.95, 0.1, 0.9, 0.05)`: cheap budgets send the search to the corners, and the
 //!   square root keeps them misleading up to a third of the budget range; noise 0.05.
+//! - Validation only (`mf-validation`, held out from tuning the schedules): `mf-zdt2`, ZDT2
+//!   (non-convex front) with the ZDT form of bias, `c = (0.55, 0.15, 0.35, 0.5, 0.25)` (one
+//!   variable points the wrong way at one epoch), noise 0.03; `mf-dtlz2-mild`, DTLZ2 with the
+//!   optimum moved towards `t = (0.8, 0.25, 0.7, 0.3, 0.85)` by `w(b)` itself (misleading at one
+//!   epoch, much less from three on), noise 0.08.
 //! - `mf-dsnn` (mixed categorical / integer, DSNN-like): `shift_type` {q, ps}, `weight_bits`
 //!   2..8, `shift_depth` 0..20 (layers of a 20-layer network converted to shift layers), `lr`
 //!   1e-4..0.3 (log), `optimizer` {sgd, adam, rmsprop}. Objective 1 is a validation error on a
@@ -61,6 +66,8 @@ pub enum MfProblem {
     Zdt3,
     Dtlz2,
     Dsnn,
+    Zdt2,
+    Dtlz2Mild,
 }
 
 impl MfProblem {
@@ -71,12 +78,18 @@ impl MfProblem {
         MfProblem::Dsnn,
     ];
 
+    /// Held-out problems to validate schedule changes on (`bench --problem mf-validation`):
+    /// bias and noise strengths, and a front shape, that the four above were not tuned on.
+    pub const VALIDATION: [MfProblem; 2] = [MfProblem::Zdt2, MfProblem::Dtlz2Mild];
+
     pub fn name(self) -> &'static str {
         match self {
             MfProblem::Zdt1 => "mf-zdt1",
             MfProblem::Zdt3 => "mf-zdt3",
             MfProblem::Dtlz2 => "mf-dtlz2",
             MfProblem::Dsnn => "mf-dsnn",
+            MfProblem::Zdt2 => "mf-zdt2",
+            MfProblem::Dtlz2Mild => "mf-dtlz2-mild",
         }
     }
 
@@ -84,8 +97,9 @@ impl MfProblem {
     pub fn space(self) -> SearchSpace {
         match self {
             MfProblem::Zdt1 => Problem::Zdt1.space(),
+            MfProblem::Zdt2 => Problem::Zdt2.space(),
             MfProblem::Zdt3 => Problem::Zdt3.space(),
-            MfProblem::Dtlz2 => Problem::Dtlz2.space(),
+            MfProblem::Dtlz2 | MfProblem::Dtlz2Mild => Problem::Dtlz2.space(),
             MfProblem::Dsnn => {
                 let specs = vec![
                     ParamSpec::categorical("shift_type", &["q", "ps"], "ps"),
@@ -105,7 +119,9 @@ impl MfProblem {
     /// beyond the reference point) and energy up to 1.1.
     pub fn ranges(self) -> [(f64, f64); 2] {
         match self {
-            MfProblem::Zdt1 | MfProblem::Dtlz2 => [(0.0, 1.0), (0.0, 1.0)],
+            MfProblem::Zdt1 | MfProblem::Zdt2 | MfProblem::Dtlz2 | MfProblem::Dtlz2Mild => {
+                [(0.0, 1.0), (0.0, 1.0)]
+            }
             MfProblem::Zdt3 => [(0.0, 1.0), (-0.7734, 1.0)],
             MfProblem::Dsnn => [(0.0, 0.5), (0.0, 1.1)],
         }
@@ -116,6 +132,8 @@ impl MfProblem {
         match self {
             MfProblem::Zdt1 => [0.02, 0.02],
             MfProblem::Zdt3 | MfProblem::Dtlz2 => [0.05, 0.05],
+            MfProblem::Zdt2 => [0.03, 0.03],
+            MfProblem::Dtlz2Mild => [0.08, 0.08],
             MfProblem::Dsnn => [0.03, 0.0],
         }
     }
@@ -169,7 +187,14 @@ impl MfBench {
         match self.problem {
             MfProblem::Zdt1 => zdt(Problem::Zdt1, &xs(config), &[0.1, 0.25, 0.4, 0.15, 0.3], w),
             MfProblem::Zdt3 => zdt(Problem::Zdt3, &xs(config), &[0.6, 0.2, 0.75, 0.1, 0.45], w),
-            MfProblem::Dtlz2 => dtlz2(&xs(config), &[0.05, 0.95, 0.1, 0.9, 0.05], w),
+            MfProblem::Zdt2 => zdt(
+                Problem::Zdt2,
+                &xs(config),
+                &[0.55, 0.15, 0.35, 0.5, 0.25],
+                w,
+            ),
+            MfProblem::Dtlz2 => dtlz2(&xs(config), &[0.05, 0.95, 0.1, 0.9, 0.05], w.sqrt()),
+            MfProblem::Dtlz2Mild => dtlz2(&xs(config), &[0.8, 0.25, 0.7, 0.3, 0.85], w),
             MfProblem::Dsnn => dsnn(config, budget),
         }
     }
@@ -182,7 +207,7 @@ fn xs(config: &Config) -> Vec<f64> {
         .collect()
 }
 
-/// ZDT1/ZDT3 with the biased distance `g_b` of the module doc; `w = 0` is the problem itself.
+/// ZDT1/ZDT2/ZDT3 with the biased distance `g_b` of the module doc; `w = 0` is the problem itself.
 fn zdt(problem: Problem, x: &[f64], c: &[f64], w: f64) -> [f64; 2] {
     if w == 0.0 {
         return problem.evaluate(x);
@@ -199,17 +224,17 @@ fn zdt(problem: Problem, x: &[f64], c: &[f64], w: f64) -> [f64; 2] {
     let r = f1 / g;
     let h = match problem {
         Problem::Zdt3 => 1.0 - r.sqrt() - r * (10.0 * PI * f1).sin(),
+        Problem::Zdt2 => 1.0 - r * r,
         _ => 1.0 - r.sqrt(),
     };
     [f1, g * h]
 }
 
-/// DTLZ2 (two objectives) with the distance's optimum moved towards `t` by `sqrt(w)`.
-fn dtlz2(x: &[f64], t: &[f64], w: f64) -> [f64; 2] {
-    if w == 0.0 {
+/// DTLZ2 (two objectives) with the distance's optimum moved towards `t` by `s` (0: the problem).
+fn dtlz2(x: &[f64], t: &[f64], s: f64) -> [f64; 2] {
+    if s == 0.0 {
         return Problem::Dtlz2.evaluate(x);
     }
-    let s = w.sqrt();
     let g: f64 = x[1..]
         .iter()
         .zip(t)
@@ -282,7 +307,7 @@ mod tests {
 
     #[test]
     fn max_budget_is_the_full_fidelity_problem() {
-        for problem in MfProblem::ALL {
+        for problem in MfProblem::ALL.into_iter().chain(MfProblem::VALIDATION) {
             let bench = MfBench {
                 problem,
                 max_budget: 27.0,
@@ -304,7 +329,7 @@ mod tests {
 
     #[test]
     fn bias_shrinks_with_the_budget() {
-        for problem in MfProblem::ALL {
+        for problem in MfProblem::ALL.into_iter().chain(MfProblem::VALIDATION) {
             let bench = MfBench {
                 problem,
                 max_budget: 27.0,

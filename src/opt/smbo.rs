@@ -46,12 +46,12 @@ use thiserror::Error;
 use crate::space::{Config, FeatureKind, SearchSpace};
 
 use super::acquisition::{Acquisition, MaximizerSettings};
-use super::design;
 use super::forest::{Forest, ForestSettings};
-use super::hyperband::{BudgetError, Budgets, Scheduler, SlotKind};
+use super::hyperband::{BudgetError, Budgets, Schedule, Scheduler, SlotKind};
 use super::parego;
 use super::pareto;
 use super::{Ask, AskState, Outcome, TellError, Trial};
+use super::{adaptive, design};
 
 /// A constraint computable before training (e.g. parameter count): `true` = feasible.
 pub type KnownConstraint = Arc<dyn Fn(&Config) -> bool + Send + Sync>;
@@ -248,9 +248,17 @@ impl Smbo {
         let (design, design_seed, design_size) = match settings.strategy {
             Strategy::Random => (VecDeque::new(), 0, 0),
             Strategy::ParEgo => {
-                let size = settings
-                    .initial_design
-                    .unwrap_or_else(|| design::default_size(space.len(), settings.max_trials));
+                let size =
+                    settings
+                        .initial_design
+                        .unwrap_or_else(|| match settings.budgets.schedule {
+                            Schedule::Adaptive => adaptive::design_size(
+                                space.len(),
+                                settings.max_trials,
+                                settings.budgets.s_max() + 1,
+                            ),
+                            _ => design::default_size(space.len(), settings.max_trials),
+                        });
                 let seed = rng.random();
                 (
                     design::initial_design(&space, size, seed).into(),
@@ -861,6 +869,27 @@ fn percentile(values: &[f64], q: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_adaptive_schedule_runs_smacs_design_in_chains() {
+        let space = crate::eval::problems::Problem::Zdt1.space();
+        let design = |schedule: Schedule, initial: Option<usize>| {
+            let budgets = Budgets {
+                schedule,
+                ..Budgets::epochs(1, 27, 3)
+            };
+            let mut settings = SmboSettings::new(2, 400, budgets, 0);
+            settings.initial_design = initial;
+            let opt = Smbo::new(space.clone(), settings).unwrap();
+            (opt.design.len(), opt.design_size)
+        };
+        // SMAC's rule for 400 trials of 6 parameters: 60 configurations; under the adaptive
+        // schedule each runs through 4 budgets, so 15 of them.
+        assert_eq!(design(Schedule::Hyperband, None), (60, 60));
+        assert_eq!(design(Schedule::Adaptive, None), (15, 15));
+        // A size the user set is kept.
+        assert_eq!(design(Schedule::Adaptive, Some(30)), (30, 30));
+    }
 
     #[test]
     fn log_scale_matches_hand_computation() {
