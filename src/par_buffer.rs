@@ -14,28 +14,18 @@ pub fn par_filled<F>(chunk: usize, chunks: usize, min_len: usize, fill: F) -> Ve
 where
     F: Fn(usize, &mut [f32]) + Sync + Send,
 {
-    let len = chunk * chunks;
-    let mut out = Vec::<f32>::with_capacity(len);
-    if len == 0 {
-        return out;
-    }
-    out.spare_capacity_mut()[..len]
-        .par_chunks_mut(chunk)
-        .with_min_len(min_len.max(1))
-        .enumerate()
-        .for_each(|(i, c)| {
+    // SAFETY: every element is zeroed before `fill` sees its chunk.
+    unsafe {
+        par_written(chunk, chunks, min_len, |i, c| {
             for v in c.iter_mut() {
                 v.write(0.0);
             }
             // SAFETY: every element was initialised just above, and `MaybeUninit<f32>` has the
             // layout of `f32`.
-            let c = unsafe { &mut *(std::ptr::from_mut::<[MaybeUninit<f32>]>(c) as *mut [f32]) };
+            let c = &mut *(std::ptr::from_mut::<[MaybeUninit<f32>]>(c) as *mut [f32]);
             fill(i, c);
-        });
-    // SAFETY: the chunks cover `0..len` and every one was initialised (a panic in `fill`
-    // propagates out of `for_each` before this line, leaving the length 0).
-    unsafe { out.set_len(len) };
-    out
+        })
+    }
 }
 
 /// As [`par_filled`] for kernels that write every element of their chunk, which they get

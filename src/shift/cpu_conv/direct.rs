@@ -936,43 +936,41 @@ mod tests {
         }
     }
 
+    /// Compares the direct kernels with the gemm path on `case` at `stride` (the input gradient
+    /// at stride 1 only, where the direct kernels take it); returns the inputs.
+    fn check_against_gemm(i: usize, case: Case, stride: usize) -> (Geometry, Vec<f32>, Vec<f32>) {
+        let (batch, cin, cout, [h, w], k, pad, bias, fp) = case;
+        let mut rng = ChaCha8Rng::seed_from_u64((100 * stride + i) as u64);
+        let mut params = Conv2dParams::new([stride, stride], [pad, pad], 1);
+        params.fixed_point_input = fp;
+        let geo = Geometry::new([batch, cin, h, w], [cout, cin, k, k], params);
+        // A 1x1 kernel with padding 0 but a quantized input is not pointwise: it must apply.
+        assert!(shape_fits(&geo), "case {i} should take the direct kernels");
+        let x = random(batch * cin * h * w, &mut rng);
+        let wt = random(cout * cin * k * k, &mut rng);
+        let b = bias.then(|| random(cout, &mut rng));
+        let dy = random(batch * geo.y_image(), &mut rng);
+        let want_y = gemm_forward(&geo, &x, &wt, b.as_deref());
+        let want_dw = gemm_grad_weight(&geo, &x, &dy);
+        for isa in isas() {
+            let what = format!("case {i} stride {stride} {isa:?}");
+            let e = rel_err(&forward_with(isa, &geo, &x, &wt, b.as_deref()), &want_y);
+            assert!(e <= 1e-5, "forward {what}: {e}");
+            if stride == 1 {
+                let want_dx = gemm_grad_input(&geo, &wt, &dy);
+                let e = rel_err(&grad_input_with(isa, &geo, &wt, &dy), &want_dx);
+                assert!(e <= 1e-5, "grad x {what}: {e}");
+            }
+            let e = rel_err(&grad_weight_with(isa, &geo, &x, &dy), &want_dw);
+            assert!(e <= 1e-5, "grad w {what}: {e}");
+        }
+        (geo, x, dy)
+    }
+
     #[test]
     fn matches_the_gemm_path() {
-        for (i, &(batch, cin, cout, [h, w], k, pad, bias, fp)) in CASES.iter().enumerate() {
-            let mut rng = ChaCha8Rng::seed_from_u64(i as u64);
-            let mut params = Conv2dParams::new([1, 1], [pad, pad], 1);
-            params.fixed_point_input = fp;
-            let geo = Geometry::new([batch, cin, h, w], [cout, cin, k, k], params);
-            // A 1x1 kernel with padding 0 but a quantized input is not pointwise: it must apply.
-            assert!(shape_fits(&geo), "case {i} should take the direct kernels");
-            let x = random(batch * cin * h * w, &mut rng);
-            let wt = random(cout * cin * k * k, &mut rng);
-            let b = bias.then(|| random(cout, &mut rng));
-            let dy = random(batch * geo.y_image(), &mut rng);
-            let want_y = gemm_forward(&geo, &x, &wt, b.as_deref());
-            let want_dx = gemm_grad_input(&geo, &wt, &dy);
-            let want_dw = gemm_grad_weight(&geo, &x, &dy);
-            for isa in isas() {
-                let what = format!("case {i} {isa:?}");
-                let y = forward_with(isa, &geo, &x, &wt, b.as_deref());
-                assert!(
-                    rel_err(&y, &want_y) <= 1e-5,
-                    "forward {what}: {}",
-                    rel_err(&y, &want_y)
-                );
-                let dx = grad_input_with(isa, &geo, &wt, &dy);
-                assert!(
-                    rel_err(&dx, &want_dx) <= 1e-5,
-                    "grad x {what}: {}",
-                    rel_err(&dx, &want_dx)
-                );
-                let dw = grad_weight_with(isa, &geo, &x, &dy);
-                assert!(
-                    rel_err(&dw, &want_dw) <= 1e-5,
-                    "grad w {what}: {}",
-                    rel_err(&dw, &want_dw)
-                );
-            }
+        for (i, &case) in CASES.iter().enumerate() {
+            check_against_gemm(i, case, 1);
         }
     }
 
@@ -980,7 +978,6 @@ mod tests {
     /// 1x1 to 5x5 kernels, row tails, a quantized input.
     #[test]
     fn stride_two_matches_the_gemm_path() {
-        // (batch, cin, cout, [h, w], k, pad, bias, fixed point)
         let cases: [Case; 5] = [
             (2, 3, 16, [32, 32], 3, 1, true, None),
             (3, 5, 7, [33, 35], 3, 1, false, None),
@@ -988,29 +985,14 @@ mod tests {
             (2, 4, 6, [16, 17], 1, 0, false, None),
             (2, 7, 9, [18, 40], 3, 0, true, Some((1, 2))),
         ];
-        for (i, &(batch, cin, cout, [h, w], k, pad, bias, fp)) in cases.iter().enumerate() {
-            let mut rng = ChaCha8Rng::seed_from_u64(100 + i as u64);
-            let mut params = Conv2dParams::new([2, 2], [pad, pad], 1);
-            params.fixed_point_input = fp;
-            let geo = Geometry::new([batch, cin, h, w], [cout, cin, k, k], params);
-            assert!(shape_fits(&geo), "case {i} should take the direct kernels");
-            let x = random(batch * cin * h * w, &mut rng);
-            let wt = random(cout * cin * k * k, &mut rng);
-            let b = bias.then(|| random(cout, &mut rng));
-            let dy = random(batch * geo.y_image(), &mut rng);
-            let want_y = gemm_forward(&geo, &x, &wt, b.as_deref());
+        for (i, &case) in cases.iter().enumerate() {
+            let (geo, x, dy) = check_against_gemm(i, case, 2);
+            // The comparison can fail: the first pixel (read by the first output pixel, since
+            // the padding is below the kernel) changed sign, to a value on every grid.
+            let mut x2 = x.clone();
+            x2[0] = if x[0] > 0.0 { -0.75 } else { 0.75 };
             let want_dw = gemm_grad_weight(&geo, &x, &dy);
             for isa in isas() {
-                let y = forward_with(isa, &geo, &x, &wt, b.as_deref());
-                let e = rel_err(&y, &want_y);
-                assert!(e <= 1e-5, "forward case {i} {isa:?}: {e}");
-                let dw = grad_weight_with(isa, &geo, &x, &dy);
-                let e = rel_err(&dw, &want_dw);
-                assert!(e <= 1e-5, "grad w case {i} {isa:?}: {e}");
-                // The comparison can fail: the first pixel (read by the first output pixel,
-                // since the padding is below the kernel) changed sign, to a value on every grid.
-                let mut x2 = x.clone();
-                x2[0] = if x[0] > 0.0 { -0.75 } else { 0.75 };
                 let e = rel_err(&grad_weight_with(isa, &geo, &x2, &dy), &want_dw);
                 assert!(e > 1e-4, "planted pixel case {i} {isa:?}: {e}");
             }
