@@ -3,7 +3,9 @@
 //! burn 0.22.1's `BatchNorm` builds the op from generic tensor ops on flex (swap, reshape, mean,
 //! sub, mul, ... each a pass over the activation with its allocation, and as many again in the
 //! backward); here the forward is three passes (mean, variance, normalize) and the backward two
-//! (per-channel sums, input gradient). The op is a backend extension like
+//! (per-channel sums, input gradient). A ReLU after the batch norm can run inside it
+//! ([`batch_norm_relu_auto`]): in the normalize pass, and in the backward one more pass that
+//! masks the gradient by the kept output. The op is a backend extension like
 //! [`cpu_conv`](crate::shift::cpu_conv) (see `notes/fused-conv-spike.md`), and
 //! [`batch_norm_auto`] keeps burn's `BatchNorm` module as the holder of parameters and running
 //! statistics, so records are unchanged.
