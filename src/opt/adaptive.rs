@@ -122,6 +122,12 @@ impl Adaptive {
         }
     }
 
+    /// The budget from which bracket `s` judges its configurations: the model scores new
+    /// configurations for bracket `s` there (see [`super::smbo`]).
+    pub fn judging_budget(&self, s: usize) -> f64 {
+        self.levels[self.first_judged(s.min(self.rungs.len() - 1))]
+    }
+
     fn top(&self) -> usize {
         self.levels.len() - 1
     }
@@ -454,6 +460,9 @@ mod tests {
         assert!(slots.iter().all(|s| s.bracket == 0));
         assert_eq!(slots[1].kind, SlotKind::Promote { from: 0 });
         assert_eq!(slots[3].kind, SlotKind::Promote { from: 2 });
+        // Bracket s judges from Hyperband's first budget of bracket s.
+        let judged: Vec<f64> = (0..4).map(|s| a.judging_budget(s)).collect();
+        assert_eq!(judged, [27.0, 9.0, 3.0, 1.0]);
         // 54 epochs committed: the first chain started in their first quarter and has expired.
         assert_eq!(a.agreement()[0].pairs, 1);
     }
