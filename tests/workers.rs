@@ -249,10 +249,11 @@ fn postgres_workers_killed_mid_trial_lose_nothing() {
 /// A trial whose worker is killed after some epochs continues, on the next worker, from the
 /// progress the killed one saved through the store (the workers share no folder), not from
 /// epoch 0; the progress is gone from the store once the trial finished.
-fn a_killed_trial_continues_its_progress(url: &str) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let log = dir.path().join("epochs.log");
-    let script = dir.path().join("objective.py");
+/// A study of two 8-epoch trials of a command that saves its progress after every epoch and
+/// logs `trial epoch pid` per epoch trained to the returned file (`dir` holds both).
+fn progress_study(url: &str, dir: &Path) -> std::path::PathBuf {
+    let log = dir.join("epochs.log");
+    let script = dir.join("objective.py");
     // One line per epoch trained: trial, epoch, process.
     std::fs::write(
         &script,
@@ -273,7 +274,7 @@ print(json.dumps({"loss": (1 - x) ** 2, "energy": x}))
 "#,
     )
     .expect("write script");
-    let config = dir.path().join("study.toml");
+    let config = dir.join("study.toml");
     std::fs::write(
         &config,
         format!(
@@ -305,16 +306,25 @@ default = 0.5
     )
     .expect("write config");
     create(url, &config);
-    let lines = || -> Vec<(u64, u64, u64)> {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                let v: Vec<u64> = l.split(' ').filter_map(|x| x.parse().ok()).collect();
-                (v.len() == 3).then(|| (v[0], v[1], v[2]))
-            })
-            .collect()
-    };
+    log
+}
+
+/// The lines of a [`progress_study`] log: (trial, epoch, process).
+fn epoch_lines(log: &Path) -> Vec<(u64, u64, u64)> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let v: Vec<u64> = l.split(' ').filter_map(|x| x.parse().ok()).collect();
+            (v.len() == 3).then(|| (v[0], v[1], v[2]))
+        })
+        .collect()
+}
+
+fn a_killed_trial_continues_its_progress(url: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = progress_study(url, dir.path());
+    let lines = || epoch_lines(&log);
     let mut a = worker(url);
     wait_until(
         "3 epochs of the first trial",
@@ -360,6 +370,48 @@ default = 0.5
     assert_eq!(resumed.last(), Some(&8));
     let mut s = store::open(url).expect("open store");
     assert_eq!(s.progress("s", victim).expect("progress"), None);
+}
+
+/// A worker given a folder that still holds a killed run's progress of the same trial ids (a
+/// folder named again, or the default one when a later process got the same id) does not
+/// continue it: the store has no progress for these trials, so each trains from epoch 0.
+#[test]
+fn a_fresh_trial_ignores_progress_left_in_the_local_folder() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("study.db").display());
+    let log = progress_study(&url, dir.path());
+    let checkpoints = dir.path().join("checkpoints");
+    for trial in 0..2 {
+        for epoch in 1..=8 {
+            std::fs::create_dir_all(checkpoints.join(format!("{trial}.progress/{epoch}")))
+                .expect("stale progress");
+        }
+    }
+    let w = bin()
+        .args([
+            "worker",
+            "--storage",
+            &url,
+            "--study",
+            "s",
+            "--quiet",
+            "--checkpoints",
+        ])
+        .arg(&checkpoints)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start worker");
+    wait_all(vec![w], Duration::from_secs(120));
+    check_exactly_once(&url, 2);
+    for trial in 0..2 {
+        let epochs: Vec<u64> = epoch_lines(&log)
+            .iter()
+            .filter(|(t, _, _)| *t == trial)
+            .map(|(_, e, _)| *e)
+            .collect();
+        assert_eq!(epochs, (1..=8).collect::<Vec<u64>>(), "trial {trial}");
+    }
 }
 
 #[test]

@@ -30,7 +30,8 @@ pub struct WorkerArgs {
     /// Trials evaluated at once by this process.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub workers: usize,
-    /// Folder for saved states while trials run (default: a temporary folder, removed at exit).
+    /// Folder for saved states while trials run (default: a new temporary folder of this process,
+    /// removed at exit).
     #[arg(long, value_name = "DIR")]
     pub checkpoints: Option<PathBuf>,
     /// No progress display.

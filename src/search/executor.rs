@@ -264,10 +264,18 @@ impl<'a> Executor<'a> {
     /// and the progress an earlier attempt of it saved.
     fn fetch_state(&mut self, lease: &Lease) -> Result<(), Error> {
         let trial = &lease.trial;
+        // The store says how far earlier attempts got; anything already in the local folder
+        // (left by a killed process in a folder given again) is not this attempt's to continue.
+        let dir = progress::dir(&self.checkpoints, trial.id);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| Error::Run {
+                path: dir.clone(),
+                message: format!("cannot clear an earlier attempt's progress: {e}"),
+            })?;
+        }
         if lease.attempt > 1
             && let Some(bytes) = self.store.progress(&self.study, trial.id)?
         {
-            let dir = progress::dir(&self.checkpoints, trial.id);
             progress::unpack(&bytes, &dir).map_err(|e| Error::Run {
                 path: dir.clone(),
                 message: format!("cannot unpack the trial's progress from the store: {e}"),

@@ -700,13 +700,25 @@ pub fn work(opts: &WorkerOptions) -> Result<WorkerReport, Error> {
     }
     let mut constraints = Constraints::new(cfg.constraints.clone());
     constraints.reference = record.study.info.constraint_reference.clone();
-    let checkpoints = opts.checkpoints.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!(
-            "dsnn-hpo-{}-{}",
-            opts.study.replace(['/', '\\'], "_"),
-            std::process::id()
-        ))
-    });
+    // Without a folder given, a new one no other process ever had: a folder named by the process
+    // id alone was found again, with a killed worker's saved states and progress in it, by a
+    // later worker that got the same id, which then continued other trials' states.
+    let (checkpoints, scratch) = match &opts.checkpoints {
+        Some(dir) => (dir.clone(), None),
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix(&format!(
+                    "dsnn-hpo-{}-",
+                    opts.study.replace(['/', '\\'], "_")
+                ))
+                .tempdir()
+                .map_err(|e| Error::Run {
+                    path: std::env::temp_dir(),
+                    message: format!("cannot create this worker's folder for saved states: {e}"),
+                })?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
     let workers = opts.workers.max(1);
     let objective = Objective {
         cfg: &cfg,
@@ -761,8 +773,7 @@ pub fn work(opts: &WorkerOptions) -> Result<WorkerReport, Error> {
         exec.store.drop_checkpoints(&opts.study)?;
     }
     drop(exec);
-    if opts.checkpoints.is_none() {
-        let _ = std::fs::remove_dir_all(&checkpoints);
-    }
+    // The scratch folder goes with this process's work (a killed worker leaves it behind).
+    drop(scratch);
     Ok(WorkerReport { stop, study_trials })
 }
