@@ -149,6 +149,13 @@ pub struct BenchArgs {
     /// not tried on.
     #[arg(long, default_value_t = 0)]
     pub first_seed: u64,
+    /// Multi-fidelity problems: also run this schedule on every seed and compare the two
+    /// multi-fidelity runs' hypervolume after each quarter of the cost, seed by seed.
+    #[arg(long, value_enum)]
+    pub against: Option<ScheduleChoice>,
+    /// Multi-fidelity problems: which trials the surrogate of the `--against` runs learns from.
+    #[arg(long, value_enum, default_value_t = ModelDataChoice::AllBudgets, requires = "against")]
+    pub against_model_data: ModelDataChoice,
     #[arg(long, value_enum, default_value_t = OptimizerChoice::Parego)]
     pub optimizer: OptimizerChoice,
     /// Print JSON instead of a table.
@@ -169,6 +176,8 @@ impl Default for BenchArgs {
             model_data: ModelDataChoice::AllBudgets,
             seeds: 5,
             first_seed: 0,
+            against: None,
+            against_model_data: ModelDataChoice::AllBudgets,
             optimizer: OptimizerChoice::Parego,
             json: false,
         }

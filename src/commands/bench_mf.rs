@@ -27,6 +27,7 @@ use std::io::Write;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
+use statrs::distribution::{Binomial, DiscreteCDF};
 
 use crate::eval::mf_problems::{MfBench, MfProblem, REFERENCE};
 use crate::opt::hypervolume::hypervolume;
@@ -105,6 +106,27 @@ pub struct MfSeedResult {
     /// Share of the cost budget after which multi-fidelity's front first reached
     /// single-fidelity's final hypervolume (null if it never did).
     pub cost_to_sf_final: Option<f64>,
+    /// The `--against` schedule's run on the same seed and cost budget.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub against: Option<CostRun>,
+}
+
+/// The multi-fidelity runs against those of the `--against` schedule, seed by seed: whether the
+/// curve at least matches another schedule's at every quarter of the cost is a paired question,
+/// and per-seed hypervolumes at a quarter spread far wider (0 to 0.5) than the medians differ.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgainstSummary {
+    pub schedule: ScheduleChoice,
+    pub model_data: ModelDataChoice,
+    pub median_hypervolume: f64,
+    /// Its median hypervolume after 25, 50, 75 and 100% of the spent cost.
+    pub median_anytime: [f64; 4],
+    /// Per quarter, the seeds on which the multi-fidelity run's hypervolume was higher, and lower
+    /// (the rest tie, e.g. both 0 before either has a point inside the reference box).
+    pub higher: [usize; 4],
+    pub lower: [usize; 4],
+    /// Per quarter, the two-sided sign test's p-value of `higher` against `lower` (1 when all tie).
+    pub sign_test_p: [f64; 4],
 }
 
 /// Spearman correlations between one budget and the full budget.
@@ -138,6 +160,8 @@ pub struct MfProblemResult {
     /// Seeds on which multi-fidelity reached single-fidelity's final hypervolume within a third
     /// of the cost budget.
     pub sf_final_within_third: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub against: Option<AgainstSummary>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -169,6 +193,17 @@ pub fn run(
     mf_budgets
         .validate()
         .map_err(|e| BenchError::Settings(e.into()))?;
+    let against_budgets = match args.against {
+        Some(schedule) => {
+            let b = Budgets {
+                schedule: schedule.into(),
+                ..mf_budgets
+            };
+            b.validate().map_err(|e| BenchError::Settings(e.into()))?;
+            Some(b)
+        }
+        None => None,
+    };
     let sf_budgets = Budgets::epochs(args.max_budget, args.max_budget, args.eta);
     let max = f64::from(args.max_budget);
     let cost_budget = args.cost_budget as f64;
@@ -240,7 +275,18 @@ pub fn run(
             let model_data = args.model_data.into();
             let mf = run_on_cost(&bench, &mf_budgets, model_data, cost_budget, seed)?;
             let sf = run_on_cost(&bench, &sf_budgets, model_data, cost_budget, seed)?;
+            let against = match &against_budgets {
+                Some(b) => Some(run_on_cost(
+                    &bench,
+                    b,
+                    args.against_model_data.into(),
+                    cost_budget,
+                    seed,
+                )?),
+                None => None,
+            };
             let r = MfSeedResult {
+                against,
                 seed,
                 ratio: ratio(mf.hypervolume, sf.hypervolume),
                 cost_to_sf_final: mf.cost_to_reach(sf.hypervolume).map(|c| c / cost_budget),
@@ -297,6 +343,16 @@ pub fn run(
                         shares.join(" ; ")
                     )?;
                 }
+                if let (Some(a), Some(schedule)) = (&r.against, args.against) {
+                    writeln!(
+                        out,
+                        "{:>6} against {}: hv {:.4}, @25/50/75/100% cost {}",
+                        "",
+                        against_name(schedule, args.against_model_data),
+                        a.hypervolume,
+                        quarters(&a.anytime_hypervolume)
+                    )?;
+                }
             }
             seeds.push(r);
         }
@@ -340,6 +396,9 @@ pub fn run(
                 .iter()
                 .filter(|r| r.cost_to_sf_final.is_some_and(|c| c <= 1.0 / 3.0))
                 .count(),
+            against: args
+                .against
+                .map(|schedule| against_summary(&seeds, schedule, args.against_model_data)),
             rank_agreement: agreement,
             seeds,
         };
@@ -359,6 +418,9 @@ pub fn run(
                 result.mf_wins,
                 result.seeds.len()
             )?;
+            if let Some(a) = &result.against {
+                writeln!(out, "{}", against_line(a))?;
+            }
         }
         results.push(result);
     }
@@ -401,6 +463,11 @@ pub fn run(
                 r.seeds.len()
             )?;
         }
+        for r in &results {
+            if let Some(a) = &r.against {
+                writeln!(out, "{:<9} {}", r.problem, against_line(a))?;
+            }
+        }
     }
     let report = MfReport {
         cost_budget: args.cost_budget,
@@ -425,6 +492,75 @@ fn enum_name<T: Serialize>(v: &T) -> String {
         .ok()
         .and_then(|j| j.as_str().map(str::to_string))
         .unwrap_or_default()
+}
+
+fn against_name(schedule: ScheduleChoice, model_data: ModelDataChoice) -> String {
+    format!("{} ({})", enum_name(&schedule), enum_name(&model_data))
+}
+
+/// The seed-by-seed comparison with the `--against` runs; `seeds` all have one.
+fn against_summary(
+    seeds: &[MfSeedResult],
+    schedule: ScheduleChoice,
+    model_data: ModelDataChoice,
+) -> AgainstSummary {
+    let pairs: Vec<(&CostRun, &CostRun)> = seeds
+        .iter()
+        .filter_map(|r| Some((&r.multi_fidelity, r.against.as_ref()?)))
+        .collect();
+    let count = |q: usize, higher: bool| {
+        pairs
+            .iter()
+            .filter(|(m, a)| {
+                let (x, y) = (m.anytime_hypervolume[q], a.anytime_hypervolume[q]);
+                if higher { x > y } else { x < y }
+            })
+            .count()
+    };
+    let higher: [usize; 4] = std::array::from_fn(|q| count(q, true));
+    let lower: [usize; 4] = std::array::from_fn(|q| count(q, false));
+    AgainstSummary {
+        schedule,
+        model_data,
+        median_hypervolume: median(pairs.iter().map(|(_, a)| a.hypervolume).collect()),
+        median_anytime: std::array::from_fn(|q| {
+            median(
+                pairs
+                    .iter()
+                    .map(|(_, a)| a.anytime_hypervolume[q])
+                    .collect(),
+            )
+        }),
+        sign_test_p: std::array::from_fn(|q| sign_test(higher[q], lower[q])),
+        higher,
+        lower,
+    }
+}
+
+fn against_line(a: &AgainstSummary) -> String {
+    let cells: Vec<String> = (0..4)
+        .map(|q| format!("{}-{} (p {:.2})", a.higher[q], a.lower[q], a.sign_test_p[q]))
+        .collect();
+    format!(
+        "against {}: median hv {:.4}, @25/50/75/100% cost {}; seeds higher-lower (sign test) {}",
+        against_name(a.schedule, a.model_data),
+        a.median_hypervolume,
+        quarters(&a.median_anytime),
+        cells.join(" / ")
+    )
+}
+
+/// Two-sided sign test: the probability under "either is as likely higher" of a split at least
+/// as uneven as `wins` to `losses` (ties left out); 1 with no untied pair.
+pub fn sign_test(wins: usize, losses: usize) -> f64 {
+    let n = (wins + losses) as u64;
+    let Ok(b) = Binomial::new(0.5, n) else {
+        return 1.0;
+    };
+    if n == 0 {
+        return 1.0;
+    }
+    (2.0 * b.cdf(wins.min(losses) as u64)).min(1.0)
 }
 
 /// A share of the cost budget, `-` for never.
@@ -794,6 +930,72 @@ mod tests {
         let json = serde_json::to_value(Report::MultiFidelity(report)).unwrap();
         assert!(json["problems"][0]["seeds"][0]["single_fidelity"]["hypervolume"].is_number());
         assert!(json["problems"][0]["rank_agreement"][0]["front_rank"].is_number());
+    }
+
+    #[test]
+    fn sign_test_matches_hand_computation() {
+        assert_eq!(sign_test(0, 0), 1.0);
+        // 5 of 5 one way: 2 / 2^5.
+        assert!((sign_test(5, 0) - 0.0625).abs() < 1e-12);
+        assert!((sign_test(0, 5) - 0.0625).abs() < 1e-12);
+        // An even split is no evidence.
+        assert_eq!(sign_test(3, 3), 1.0);
+        // 1 of 10: 2 * 11 / 1024.
+        assert!((sign_test(1, 9) - 22.0 / 1024.0).abs() < 1e-12);
+        assert!((sign_test(10, 22) - 0.050102).abs() < 1e-5);
+    }
+
+    #[test]
+    fn against_compares_the_runs_seed_by_seed() {
+        let args = |against| BenchArgs {
+            problem: ProblemChoice::MfZdt1,
+            cost_budget: 90,
+            max_budget: 9,
+            seeds: 3,
+            against: Some(against),
+            ..BenchArgs::default()
+        };
+        let run = |a: &BenchArgs| {
+            let mut out = Vec::new();
+            let Report::MultiFidelity(r) = crate::commands::bench::run(a, &mut out).unwrap() else {
+                panic!("mf problems give the multi-fidelity report");
+            };
+            (r, String::from_utf8(out).unwrap())
+        };
+        // Against itself: the same runs, every quarter a tie on every seed.
+        let (report, _) = run(&args(ScheduleChoice::Hyperband));
+        let p = &report.problems[0];
+        let a = p.against.as_ref().unwrap();
+        assert_eq!(
+            (a.higher, a.lower, a.sign_test_p),
+            ([0; 4], [0; 4], [1.0; 4])
+        );
+        assert_eq!(a.median_anytime, p.median_mf_anytime);
+        // Against another schedule: the seeds' own runs, counted per quarter.
+        let (report, text) = run(&args(ScheduleChoice::Asha));
+        let p = &report.problems[0];
+        let a = p.against.as_ref().unwrap();
+        for q in 0..4 {
+            let (higher, lower) = p.seeds.iter().fold((0, 0), |(h, l), s| {
+                let x = s.multi_fidelity.anytime_hypervolume[q];
+                let y = s.against.as_ref().unwrap().anytime_hypervolume[q];
+                (h + usize::from(x > y), l + usize::from(x < y))
+            });
+            assert_eq!((a.higher[q], a.lower[q]), (higher, lower));
+            assert_eq!(a.sign_test_p[q], sign_test(higher, lower));
+        }
+        // ASHA's runs are its own: it spends the cost on other trials than Hyperband.
+        let trials =
+            |r: &CostRun| -> Vec<usize> { r.trials_per_budget.iter().map(|c| c.trials).collect() };
+        assert!(
+            p.seeds
+                .iter()
+                .any(|s| trials(s.against.as_ref().unwrap()) != trials(&s.multi_fidelity))
+        );
+        assert!(text.contains("against asha (all-budgets)"), "{text}");
+        let json = serde_json::to_value(Report::MultiFidelity(report)).unwrap();
+        assert!(json["problems"][0]["against"]["sign_test_p"][0].is_number());
+        assert!(json["problems"][0]["seeds"][0]["against"]["hypervolume"].is_number());
     }
 
     #[test]
