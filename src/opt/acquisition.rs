@@ -95,8 +95,8 @@ pub struct Acquisition<'a> {
     /// Mean prediction = probability of feasibility (see the module doc).
     feasibility: Option<&'a Forest>,
     allowed: Option<VectorFilter<'a>>,
-    /// The budget input appended to every configuration's features (see `at_budget_input`).
-    budget: Option<f64>,
+    /// The budget inputs at which every configuration is scored (see `at_budget_inputs`).
+    budgets: Vec<f64>,
     features: Vec<f64>,
 }
 
@@ -108,7 +108,7 @@ impl<'a> Acquisition<'a> {
             eta,
             feasibility: None,
             allowed: None,
-            budget: None,
+            budgets: Vec::new(),
             features: Vec::with_capacity(space.len() + 1),
         }
     }
@@ -127,8 +127,15 @@ impl<'a> Acquisition<'a> {
 
     /// Scores every configuration at this value of the budget input, for a forest that has the
     /// budget as its last input (`ModelData::AllBudgets`).
-    pub fn at_budget_input(mut self, level: f64) -> Self {
-        self.budget = Some(level);
+    pub fn at_budget_input(self, level: f64) -> Self {
+        self.at_budget_inputs(&[level])
+    }
+
+    /// Scores every configuration by the mean of the forest's predictions (and of the
+    /// feasibility forest's) at these values of the budget input: for a configuration that must
+    /// do well at each of these budgets.
+    pub fn at_budget_inputs(mut self, levels: &[f64]) -> Self {
+        self.budgets = levels.to_vec();
         self
     }
 
@@ -138,15 +145,28 @@ impl<'a> Acquisition<'a> {
 
     pub fn score(&mut self, vector: Vec<f64>) -> Scored {
         self.space.features_into(&vector, &mut self.features);
-        if let Some(level) = self.budget {
-            self.features.push(level);
+        // (mean, variance, probability of feasibility), averaged over the budget inputs; the
+        // variance's average is the variance of the mean if the predictions were fully
+        // correlated, which they are where the forest never splits on the budget.
+        let mut sum = (0.0, 0.0, 0.0);
+        let n = self.budgets.len().max(1);
+        for i in 0..n {
+            if let Some(&level) = self.budgets.get(i) {
+                self.features.push(level);
+            }
+            let (m, v) = self.forest.predict(&self.features);
+            let pof = match self.feasibility {
+                Some(f) => f.predict(&self.features).0.clamp(0.0, 1.0),
+                None => 1.0,
+            };
+            if !self.budgets.is_empty() {
+                self.features.pop();
+            }
+            sum = (sum.0 + m, sum.1 + v, sum.2 + pof);
         }
-        let (mean, var) = self.forest.predict(&self.features);
+        let n = n as f64;
+        let (mean, var, pof) = (sum.0 / n, sum.1 / n, sum.2 / n);
         let ei = log_expected_improvement(mean, var, self.eta);
-        let pof = match self.feasibility {
-            Some(f) => f.predict(&self.features).0.clamp(0.0, 1.0),
-            None => 1.0,
-        };
         Scored {
             // ln EI + ln max(PoF, MIN_POF), kept in the product form (same order, no -inf for EI = 0).
             ei: if self.feasibility.is_some() {
@@ -304,6 +324,36 @@ mod tests {
             .map(|v| ((v[0] - 0.8).powi(2) + (v[1] - 0.2).powi(2) + 1e-3).ln())
             .collect();
         (space, x, y, rng)
+    }
+
+    #[test]
+    fn several_budget_inputs_score_the_mean_prediction() {
+        // A forest whose last input is the budget level: the cost is the level itself plus a
+        // little of the parameter, so predictions at levels 0 and 2 differ.
+        let (space, x, _, _) = bowl_at_0_8_0_2(4);
+        let rows: Vec<Vec<f64>> = x
+            .iter()
+            .enumerate()
+            .map(|(i, v)| vec![v[0], v[1], (i % 3) as f64])
+            .collect();
+        let y: Vec<f64> = rows.iter().map(|r| r[2] + 0.1 * r[0]).collect();
+        let mut kinds = space.feature_kinds();
+        kinds.push(crate::space::FeatureKind::Continuous);
+        let forest = Forest::fit(&rows, &y, &kinds, &ForestSettings::default(), 1);
+        let v = vec![0.3, 0.6];
+        let at = |level: f64| forest.predict(&[v[0], v[1], level]);
+        let (low, high) = (at(0.0), at(2.0));
+        assert!(high.0 - low.0 > 1.0, "{low:?} {high:?}");
+        let scored = Acquisition::new(&space, &forest, 0.0)
+            .at_budget_inputs(&[0.0, 2.0])
+            .score(v.clone());
+        assert!((scored.mean - (low.0 + high.0) / 2.0).abs() < 1e-12);
+        // One input: that prediction, as before.
+        let one = Acquisition::new(&space, &forest, 0.0)
+            .at_budget_input(2.0)
+            .score(v);
+        assert_eq!(one.mean, high.0);
+        assert_eq!(one.ei, log_expected_improvement(high.0, high.1, 0.0));
     }
 
     #[test]

@@ -123,7 +123,7 @@ impl Adaptive {
     }
 
     /// The budget from which bracket `s` judges its configurations: the model scores new
-    /// configurations for bracket `s` there (see [`super::smbo`]).
+    /// configurations for bracket `s` there and at the full budget (see [`super::smbo`]).
     pub fn judging_budget(&self, s: usize) -> f64 {
         self.levels[self.first_judged(s.min(self.rungs.len() - 1))]
     }
