@@ -554,13 +554,10 @@ fn against_line(a: &AgainstSummary) -> String {
 /// as uneven as `wins` to `losses` (ties left out); 1 with no untied pair.
 pub fn sign_test(wins: usize, losses: usize) -> f64 {
     let n = (wins + losses) as u64;
-    let Ok(b) = Binomial::new(0.5, n) else {
-        return 1.0;
-    };
-    if n == 0 {
-        return 1.0;
+    match Binomial::new(0.5, n) {
+        Ok(b) if n > 0 => (2.0 * b.cdf(wins.min(losses) as u64)).min(1.0),
+        _ => 1.0,
     }
-    (2.0 * b.cdf(wins.min(losses) as u64)).min(1.0)
 }
 
 /// A share of the cost budget, `-` for never.

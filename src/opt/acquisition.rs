@@ -145,27 +145,28 @@ impl<'a> Acquisition<'a> {
 
     pub fn score(&mut self, vector: Vec<f64>) -> Scored {
         self.space.features_into(&vector, &mut self.features);
-        // (mean, variance, probability of feasibility), averaged over the budget inputs; the
-        // variance's average is the variance of the mean if the predictions were fully
-        // correlated, which they are where the forest never splits on the budget.
-        let mut sum = (0.0, 0.0, 0.0);
-        let n = self.budgets.len().max(1);
-        for i in 0..n {
-            if let Some(&level) = self.budgets.get(i) {
+        let (forest, feasibility) = (self.forest, self.feasibility);
+        let predict = |features: &[f64]| {
+            let (mean, var) = forest.predict(features);
+            let pof = feasibility.map_or(1.0, |f| f.predict(features).0.clamp(0.0, 1.0));
+            (mean, var, pof)
+        };
+        // Averaged over the budget inputs; the variance's average is the variance of the mean
+        // if the predictions were fully correlated, as they are where no tree splits on the
+        // budget.
+        let (mean, var, pof) = if self.budgets.is_empty() {
+            predict(&self.features)
+        } else {
+            let mut sum = (0.0, 0.0, 0.0);
+            for &level in &self.budgets {
                 self.features.push(level);
-            }
-            let (m, v) = self.forest.predict(&self.features);
-            let pof = match self.feasibility {
-                Some(f) => f.predict(&self.features).0.clamp(0.0, 1.0),
-                None => 1.0,
-            };
-            if !self.budgets.is_empty() {
+                let (m, v, p) = predict(&self.features);
                 self.features.pop();
+                sum = (sum.0 + m, sum.1 + v, sum.2 + p);
             }
-            sum = (sum.0 + m, sum.1 + v, sum.2 + pof);
-        }
-        let n = n as f64;
-        let (mean, var, pof) = (sum.0 / n, sum.1 / n, sum.2 / n);
+            let n = self.budgets.len() as f64;
+            (sum.0 / n, sum.1 / n, sum.2 / n)
+        };
         let ei = log_expected_improvement(mean, var, self.eta);
         Scored {
             // ln EI + ln max(PoF, MIN_POF), kept in the product form (same order, no -inf for EI = 0).
