@@ -40,10 +40,11 @@ use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use super::trials::{self, State, TrialState, Trials, now};
 use super::{
     Claim, Decide, Decision, Event, EventKind, Lease, NewStudy, Owner, Running, SCHEMA_VERSION,
     Store, StoreError, StudyRecord, TrialLine, new_token,
@@ -135,30 +136,10 @@ struct LineOut<'a> {
     ops: &'a [Op],
 }
 
-#[derive(Debug, Clone)]
-enum State {
-    Running {
-        token: String,
-        owner: Owner,
-        heartbeat_at: f64,
-    },
-    Queued,
-    Done,
-}
-
-#[derive(Debug, Clone)]
-struct TrialState {
-    trial: Trial,
-    state: State,
-    attempt: u32,
-    /// Times its lease was taken away for silence.
-    stale: u32,
-}
-
 #[derive(Debug, Clone, Default)]
 struct StudyState {
     events: Vec<Event>,
-    trials: BTreeMap<u64, TrialState>,
+    trials: Trials,
     /// Trial id -> blob file name.
     checkpoints: BTreeMap<u64, String>,
     progress: BTreeMap<u64, String>,
@@ -171,10 +152,7 @@ impl StudyState {
     }
 
     fn holds(&self, lease: &Lease) -> bool {
-        matches!(
-            self.trials.get(&lease.trial.id).map(|t| &t.state),
-            Some(State::Running { token, .. }) if *token == lease.token
-        )
+        trials::holds(&self.trials, lease)
     }
 }
 
@@ -433,13 +411,6 @@ impl std::fmt::Debug for JournalStore {
             .field("url", &self.url)
             .finish()
     }
-}
-
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 /// How long ago `path` was last modified; `None` when it is gone. A time in the future (another
@@ -1115,37 +1086,13 @@ impl Store for JournalStore {
     fn running(&mut self, study: &str) -> Result<Vec<Running>, StoreError> {
         self.catch_up()?;
         let (_, s) = self.replica.study(study, &self.url)?;
-        let t = now();
-        Ok(s.trials
-            .values()
-            .filter_map(|ts| match &ts.state {
-                State::Running {
-                    token,
-                    owner,
-                    heartbeat_at,
-                } => Some(Running {
-                    lease: Lease {
-                        study: study.into(),
-                        trial: ts.trial.clone(),
-                        attempt: ts.attempt,
-                        token: token.clone(),
-                        owner: owner.clone(),
-                    },
-                    silent_s: t - heartbeat_at,
-                }),
-                _ => None,
-            })
-            .collect())
+        Ok(trials::running(&s.trials, study, now()))
     }
 
     fn queued(&mut self, study: &str) -> Result<Vec<Trial>, StoreError> {
         self.catch_up()?;
         let (_, s) = self.replica.study(study, &self.url)?;
-        Ok(s.trials
-            .values()
-            .filter(|ts| matches!(ts.state, State::Queued))
-            .map(|ts| ts.trial.clone())
-            .collect())
+        Ok(trials::queued(&s.trials))
     }
 
     fn checkpoint(&mut self, study: &str, trial: u64) -> Result<Option<Vec<u8>>, StoreError> {

@@ -3,38 +3,18 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::trials::{self, State, TrialState, Trials, now};
 use super::{
     Claim, Decide, Decision, Event, EventKind, Lease, NewStudy, Owner, Running, Store, StoreError,
     StudyRecord, TrialLine, new_token,
 };
 use crate::opt::Trial;
 
-#[derive(Debug, Clone)]
-enum State {
-    Running {
-        token: String,
-        owner: Owner,
-        heartbeat_at: f64,
-    },
-    Queued,
-    Done,
-}
-
-#[derive(Debug, Clone)]
-struct TrialState {
-    trial: Trial,
-    state: State,
-    attempt: u32,
-    /// Times its lease was taken away for silence.
-    stale: u32,
-}
-
 #[derive(Debug, Default)]
 struct StudyState {
     events: Vec<Event>,
-    trials: BTreeMap<u64, TrialState>,
+    trials: Trials,
     checkpoints: BTreeMap<u64, Vec<u8>>,
     progress: BTreeMap<u64, Vec<u8>>,
 }
@@ -49,13 +29,6 @@ struct Inner {
 #[derive(Debug, Clone, Default)]
 pub struct MemoryStore {
     inner: Arc<Mutex<Inner>>,
-}
-
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 const URL: &str = "memory://";
@@ -101,14 +74,6 @@ impl Inner {
         self.study_mut(study)?.1.events.push(Event { seq, kind });
         Ok(())
     }
-}
-
-/// Whether `lease` is the current holder of its trial.
-fn holds(s: &StudyState, lease: &Lease) -> bool {
-    matches!(
-        s.trials.get(&lease.trial.id).map(|t| &t.state),
-        Some(State::Running { token, .. }) if *token == lease.token
-    )
 }
 
 impl Store for MemoryStore {
@@ -278,7 +243,7 @@ impl Store for MemoryStore {
     fn heartbeat(&mut self, lease: &Lease) -> Result<bool, StoreError> {
         let mut inner = self.lock()?;
         let (_, s) = inner.study_mut(&lease.study)?;
-        if !holds(s, lease) {
+        if !trials::holds(&s.trials, lease) {
             return Ok(false);
         }
         if let Some(TrialState {
@@ -299,7 +264,7 @@ impl Store for MemoryStore {
     ) -> Result<bool, StoreError> {
         let mut inner = self.lock()?;
         let (_, s) = inner.study_mut(&lease.study)?;
-        if !holds(s, lease) {
+        if !trials::holds(&s.trials, lease) {
             return Ok(false);
         }
         if let Some(ts) = s.trials.get_mut(&lease.trial.id) {
@@ -324,7 +289,7 @@ impl Store for MemoryStore {
     fn release(&mut self, lease: &Lease) -> Result<bool, StoreError> {
         let mut inner = self.lock()?;
         let (_, s) = inner.study_mut(&lease.study)?;
-        if !holds(s, lease) {
+        if !trials::holds(&s.trials, lease) {
             return Ok(false);
         }
         if let Some(ts) = s.trials.get_mut(&lease.trial.id) {
@@ -342,37 +307,13 @@ impl Store for MemoryStore {
     fn running(&mut self, study: &str) -> Result<Vec<Running>, StoreError> {
         let mut inner = self.lock()?;
         let (_, s) = inner.study_mut(study)?;
-        let t = now();
-        Ok(s.trials
-            .values()
-            .filter_map(|ts| match &ts.state {
-                State::Running {
-                    token,
-                    owner,
-                    heartbeat_at,
-                } => Some(Running {
-                    lease: Lease {
-                        study: study.into(),
-                        trial: ts.trial.clone(),
-                        attempt: ts.attempt,
-                        token: token.clone(),
-                        owner: owner.clone(),
-                    },
-                    silent_s: t - heartbeat_at,
-                }),
-                _ => None,
-            })
-            .collect())
+        Ok(trials::running(&s.trials, study, now()))
     }
 
     fn queued(&mut self, study: &str) -> Result<Vec<Trial>, StoreError> {
         let mut inner = self.lock()?;
         let (_, s) = inner.study_mut(study)?;
-        Ok(s.trials
-            .values()
-            .filter(|ts| matches!(ts.state, State::Queued))
-            .map(|ts| ts.trial.clone())
-            .collect())
+        Ok(trials::queued(&s.trials))
     }
 
     fn checkpoint(&mut self, study: &str, trial: u64) -> Result<Option<Vec<u8>>, StoreError> {
@@ -383,7 +324,7 @@ impl Store for MemoryStore {
     fn save_progress(&mut self, lease: &Lease, progress: &[u8]) -> Result<bool, StoreError> {
         let mut inner = self.lock()?;
         let (_, s) = inner.study_mut(&lease.study)?;
-        if !holds(s, lease) {
+        if !trials::holds(&s.trials, lease) {
             return Ok(false);
         }
         s.progress.insert(lease.trial.id, progress.to_vec());

@@ -27,6 +27,7 @@ pub mod progress;
 pub mod record;
 pub mod run_dir;
 pub mod sqlite;
+mod trials;
 pub mod url;
 
 use serde::{Deserialize, Serialize};
