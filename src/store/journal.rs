@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 use super::trials::{self, State, TrialState, Trials, now};
 use super::{
     Claim, Decide, Decision, Event, EventKind, Lease, NewStudy, Owner, Running, SCHEMA_VERSION,
-    Store, StoreError, StudyRecord, TrialLine, new_token,
+    Store, StoreError, StudyRecord, TrialLine, known_studies, new_token,
 };
 use crate::opt::Trial;
 
@@ -175,22 +175,10 @@ impl Replica {
     }
 
     fn study(&self, name: &str, url: &str) -> Result<&(StudyRecord, StudyState), StoreError> {
-        self.find(name).ok_or_else(|| {
-            let known = self
-                .studies
-                .iter()
-                .map(|(r, _)| r.study.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ");
-            StoreError::NoSuchStudy {
-                url: url.into(),
-                name: name.into(),
-                known: if known.is_empty() {
-                    "none".into()
-                } else {
-                    known
-                },
-            }
+        self.find(name).ok_or_else(|| StoreError::NoSuchStudy {
+            url: url.into(),
+            name: name.into(),
+            known: known_studies(self.studies.iter().map(|(r, _)| r.study.name.as_str())),
         })
     }
 

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::trials::{self, State, TrialState, Trials, now};
 use super::{
     Claim, Decide, Decision, Event, EventKind, Lease, NewStudy, Owner, Running, Store, StoreError,
-    StudyRecord, TrialLine, new_token,
+    StudyRecord, TrialLine, known_studies, new_token,
 };
 use crate::opt::Trial;
 
@@ -48,24 +48,14 @@ impl MemoryStore {
 
 impl Inner {
     fn study_mut(&mut self, name: &str) -> Result<&mut (StudyRecord, StudyState), StoreError> {
-        let known = self
-            .studies
-            .iter()
-            .map(|(r, _)| r.study.name.clone())
-            .collect::<Vec<_>>()
-            .join(", ");
-        self.studies
-            .iter_mut()
-            .find(|(r, _)| r.study.name == name)
-            .ok_or_else(|| StoreError::NoSuchStudy {
+        match self.studies.iter().position(|(r, _)| r.study.name == name) {
+            Some(i) => Ok(&mut self.studies[i]),
+            None => Err(StoreError::NoSuchStudy {
                 url: URL.into(),
                 name: name.into(),
-                known: if known.is_empty() {
-                    "none".into()
-                } else {
-                    known
-                },
-            })
+                known: known_studies(self.studies.iter().map(|(r, _)| r.study.name.as_str())),
+            }),
+        }
     }
 
     fn push(&mut self, study: &str, kind: EventKind) -> Result<(), StoreError> {

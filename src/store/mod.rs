@@ -341,6 +341,16 @@ pub(crate) fn sql_int(url: &str, n: u64) -> Result<i64, StoreError> {
 }
 
 /// A fresh fencing token: unique across processes and hosts with overwhelming probability.
+/// [`StoreError::NoSuchStudy`]'s list of the studies a store does hold: their names, or "none".
+fn known_studies<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+    let names: Vec<&str> = names.into_iter().collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
 pub fn new_token() -> String {
     use rand::Rng;
     let mut rng = rand::rng();

@@ -22,8 +22,8 @@ use postgres::{Client, NoTls, Statement, Transaction};
 
 use super::{
     Claim, Decide, Decision, Event, EventKind, Lease, LeaseSettings, NewStudy, Owner, Running,
-    SCHEMA_VERSION, Store, StoreError, StudyRecord, TrialLine, from_json, new_token, sql_int,
-    to_json, url,
+    SCHEMA_VERSION, Store, StoreError, StudyRecord, TrialLine, from_json, known_studies, new_token,
+    sql_int, to_json, url,
 };
 use crate::opt::Trial;
 
@@ -244,11 +244,7 @@ impl PostgresStore {
             .query("SELECT name FROM studies ORDER BY id", &[])
             .map(|rows| {
                 let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-                if names.is_empty() {
-                    "none".into()
-                } else {
-                    names.join(", ")
-                }
+                known_studies(names.iter().map(String::as_str))
             })
             .unwrap_or_else(|e| format!("unknown: {e}"));
         StoreError::NoSuchStudy {

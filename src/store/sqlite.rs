@@ -16,8 +16,8 @@ use rusqlite::{
 
 use super::{
     Claim, Decide, Decision, Event, EventKind, Lease, LeaseSettings, NewStudy, Owner, Running,
-    SCHEMA_VERSION, Store, StoreError, StudyRecord, TrialLine, from_json, new_token, sql_int,
-    to_json,
+    SCHEMA_VERSION, Store, StoreError, StudyRecord, TrialLine, from_json, known_studies, new_token,
+    sql_int, to_json,
 };
 use crate::opt::Trial;
 
@@ -254,13 +254,7 @@ impl SqliteStore {
                 st.query_map([], |r| r.get::<_, String>(0))?
                     .collect::<Result<Vec<_>, _>>()
             })
-            .map(|names| {
-                if names.is_empty() {
-                    "none".into()
-                } else {
-                    names.join(", ")
-                }
-            })
+            .map(|names| known_studies(names.iter().map(String::as_str)))
             .unwrap_or_else(|e| format!("unknown: {e}"));
         StoreError::NoSuchStudy {
             url: self.url.clone(),
