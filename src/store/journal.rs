@@ -249,24 +249,7 @@ impl Replica {
                 }
                 self.last_seq = seq;
                 let s = self.state_mut(&study)?;
-                match &kind {
-                    EventKind::Ask { trial, .. } => {
-                        s.trials.insert(
-                            trial.id,
-                            TrialState {
-                                trial: trial.clone(),
-                                state: State::Queued,
-                                attempt: 0,
-                                stale: 0,
-                            },
-                        );
-                    }
-                    EventKind::Tell { line } => {
-                        if let Some(ts) = s.trials.get_mut(&line.id) {
-                            ts.state = State::Done;
-                        }
-                    }
-                }
+                trials::apply(&mut s.trials, &kind);
                 s.events.push(Event { seq, kind });
             }
             Op::Grant {

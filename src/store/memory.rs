@@ -340,24 +340,7 @@ impl Store for MemoryStore {
         for kind in events {
             inner.push(study, kind.clone())?;
             let (_, s) = inner.study_mut(study)?;
-            match kind {
-                EventKind::Ask { trial, .. } => {
-                    s.trials.insert(
-                        trial.id,
-                        TrialState {
-                            trial: trial.clone(),
-                            state: State::Queued,
-                            attempt: 0,
-                            stale: 0,
-                        },
-                    );
-                }
-                EventKind::Tell { line } => {
-                    if let Some(ts) = s.trials.get_mut(&line.id) {
-                        ts.state = State::Done;
-                    }
-                }
-            }
+            trials::apply(&mut s.trials, kind);
         }
         Ok(())
     }

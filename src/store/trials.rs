@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::{Lease, Owner, Running};
+use super::{EventKind, Lease, Owner, Running};
 use crate::opt::Trial;
 
 #[derive(Debug, Clone)]
@@ -38,6 +38,29 @@ pub(super) fn now() -> f64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
+}
+
+/// What a logged event does to the table: an `Ask` adds its trial, queued (a lease on it is
+/// granted apart from the event), and a `Tell` ends its trial.
+pub(super) fn apply(trials: &mut Trials, kind: &EventKind) {
+    match kind {
+        EventKind::Ask { trial, .. } => {
+            trials.insert(
+                trial.id,
+                TrialState {
+                    trial: trial.clone(),
+                    state: State::Queued,
+                    attempt: 0,
+                    stale: 0,
+                },
+            );
+        }
+        EventKind::Tell { line } => {
+            if let Some(ts) = trials.get_mut(&line.id) {
+                ts.state = State::Done;
+            }
+        }
+    }
 }
 
 /// Whether `lease` is the current holder of its trial.
