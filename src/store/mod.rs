@@ -340,7 +340,6 @@ pub(crate) fn sql_int(url: &str, n: u64) -> Result<i64, StoreError> {
     })
 }
 
-/// A fresh fencing token: unique across processes and hosts with overwhelming probability.
 /// [`StoreError::NoSuchStudy`]'s list of the studies a store does hold: their names, or "none".
 fn known_studies<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
     let names: Vec<&str> = names.into_iter().collect();
@@ -351,6 +350,7 @@ fn known_studies<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
     }
 }
 
+/// A fresh fencing token: unique across processes and hosts with overwhelming probability.
 pub fn new_token() -> String {
     use rand::Rng;
     let mut rng = rand::rng();
